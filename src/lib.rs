@@ -1,0 +1,92 @@
+//! Tandem: a real-time collaborative document server for Yjs clients.
+//!
+//! Layout (see ARCHITECTURE.md for the map and the invariants):
+//! - `config`: flags and `TANDEM_*` variables
+//! - `telemetry`: log setup
+//! - `error`: what can go wrong, mapped once to HTTP statuses and close codes
+//! - `http`: routes, the WebSocket upgrade, static files
+//! - `ws`: one connection: validation, ping/pong, backpressure
+//! - `protocol`: y-websocket framing, bytes in and out, no IO
+//! - `room`: the task that owns one document; `rooms`: the registry of rooms
+//! - `awareness`: presence bookkeeping (who announced which cursor, ghost removal)
+//! - `store`: SQLite, the only module with SQL
+//! - `id`: validated identifiers
+
+pub mod awareness;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod id;
+pub mod protocol;
+pub mod room;
+pub mod rooms;
+pub mod store;
+pub mod telemetry;
+pub mod ws;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+/// How long shutdown waits for connections and rooms before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// Serves until `shutdown` resolves, then stops accepting, closes every socket with 1001,
+/// lets every room commit what it has queued, and returns.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let config = Arc::new(config);
+    let (store, writer) = store::Store::open(&config.data_dir, config.sync)
+        .await
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let writer = tokio::spawn(writer);
+    let tracker = TaskTracker::new();
+    let token = CancellationToken::new();
+    let rooms = rooms::Rooms::new(
+        store.clone(),
+        config.clone(),
+        tracker.clone(),
+        token.clone(),
+    );
+    let state = http::AppState {
+        config: config.clone(),
+        store,
+        rooms,
+        tracker: tracker.clone(),
+        shutdown: token.clone(),
+    };
+    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "listening");
+    let stop = token.clone();
+    axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            stop.cancel();
+        })
+        .await
+        .context("serving http")?;
+    token.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections or rooms did not finish in time");
+    }
+    // Every room and handler is gone, so the store's last sender is dropped and the writer
+    // finishes the jobs it has.
+    if tokio::time::timeout(SHUTDOWN_GRACE, writer).await.is_err() {
+        tracing::warn!("store writer did not finish in time");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

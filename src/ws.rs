@@ -1,0 +1,170 @@
+//! One WebSocket connection: joins a room, pumps frames both ways, keeps the peer honest.
+//!
+//! This is where untrusted bytes stop. Every frame is decoded and validated here (in the
+//! connection's own task, so decoding runs on all cores) before the room sees it; anything
+//! malformed closes this connection with a code and one log line, and nothing of it reaches
+//! the room. `ws` never touches a `Doc`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::error::{Error, close_code};
+use crate::id::{DocId, PeerId};
+use crate::protocol;
+use crate::room::{Kick, RoomMsg};
+use crate::rooms::Rooms;
+
+/// How a connection ended, for the one log line and the close frame.
+enum End {
+    /// The client closed or vanished; nothing more to send.
+    ByClient(String),
+    /// We close with this code and reason.
+    Close(Kick),
+}
+
+impl From<Error> for End {
+    fn from(e: Error) -> End {
+        End::Close(Kick::from(&e))
+    }
+}
+
+pub async fn run(
+    socket: WebSocket,
+    doc_id: DocId,
+    rooms: Rooms,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+) {
+    let peer = PeerId::new();
+    let span = tracing::info_span!("conn", doc = %doc_id, %peer);
+    run_peer(socket, doc_id, peer, rooms, config, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn run_peer(
+    socket: WebSocket,
+    doc_id: DocId,
+    peer: PeerId,
+    rooms: Rooms,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+) {
+    let (mut sink, mut stream) = socket.split();
+    let (outbox, mut outbox_rx) = mpsc::channel(config.peer_queue.max(4));
+    let joined = match rooms.join(&doc_id, peer, outbox).await {
+        Ok(joined) => joined,
+        Err(kick) => {
+            tracing::warn!(code = kick.code, reason = %kick.reason, "join failed");
+            let _ = sink.send(close(&kick)).await;
+            return;
+        }
+    };
+    tracing::info!("connection opened");
+    let room = joined.room;
+    let mut kick = joined.kick;
+
+    let ping_interval = config.ping_interval();
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    // A write that takes this long means the peer stopped reading.
+    let write_timeout = ping_interval * 2;
+
+    let end: End = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Error::ShuttingDown.into(),
+            kicked = &mut kick => match kicked {
+                Ok(k) => break End::Close(k),
+                Err(_) => break Error::RoomGone.into(),
+            },
+            frame = outbox_rx.recv() => {
+                let Some(frame) = frame else { break Error::RoomGone.into() };
+                match timeout(write_timeout, sink.send(Message::Binary(frame))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break End::ByClient(format!("write failed: {e}")),
+                    Err(_) => break Error::SlowConsumer.into(),
+                }
+            }
+            msg = stream.next() => {
+                last_heard = Instant::now();
+                match msg {
+                    Some(Ok(Message::Binary(bytes))) => {
+                        let msgs = match protocol::decode_frame(&bytes) {
+                            Ok(msgs) => msgs,
+                            Err(e) => break e.into(),
+                        };
+                        if room.send(RoomMsg::Incoming { peer, msgs }).await.is_err() {
+                            break Error::RoomGone.into();
+                        }
+                    }
+                    Some(Ok(Message::Text(_))) => break Error::TextFrame.into(),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(frame))) => {
+                        break End::ByClient(match frame {
+                            Some(f) => format!("client closed ({})", f.code),
+                            None => "client closed".into(),
+                        })
+                    }
+                    Some(Err(e)) => break read_error(e, config.max_message_bytes),
+                    None => break End::ByClient("connection dropped".into()),
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > ping_interval * 2 {
+                    break Error::PingTimeout.into();
+                }
+                if timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await.is_err() {
+                    break Error::SlowConsumer.into();
+                }
+            }
+        }
+    };
+
+    // Tell the room first so the others see this peer's cursor go at once; `send` only waits
+    // if the room's inbox is full, and fails harmlessly if the room is gone.
+    let _ = room.send(RoomMsg::Leave { peer }).await;
+    match end {
+        End::ByClient(reason) => tracing::info!(%reason, "connection closed"),
+        End::Close(kick) => {
+            if kick.code == close_code::GOING_AWAY {
+                tracing::info!(code = kick.code, reason = %kick.reason, "connection closed");
+            } else {
+                tracing::warn!(code = kick.code, reason = %kick.reason, "connection closed");
+            }
+            // Best effort: a peer that stopped reading does not get to hold us up.
+            let _ = timeout(Duration::from_secs(2), async {
+                sink.send(close(&kick)).await?;
+                sink.close().await
+            })
+            .await;
+        }
+    }
+}
+
+fn close(kick: &Kick) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: kick.code,
+        reason: kick.reason.as_str().into(),
+    }))
+}
+
+fn read_error(e: axum::Error, limit: usize) -> End {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let inner = e.into_inner();
+    match inner.downcast_ref::<WsError>() {
+        Some(WsError::Capacity(_)) => Error::TooLarge { limit }.into(),
+        Some(WsError::Protocol(p)) => Error::BadFrame(p.to_string()).into(),
+        Some(WsError::Utf8(_)) => Error::BadFrame("text frame is not UTF-8".into()).into(),
+        _ => End::ByClient(format!("read failed: {inner}")),
+    }
+}
