@@ -23,7 +23,12 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     /// Directory of the built browser editor served at `/`. Empty disables static files.
-    #[arg(long, env = "TANDEM_WEB_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist"))]
+    #[arg(
+        long,
+        env = "TANDEM_WEB_DIR",
+        default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist"),
+        value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from)
+    )]
     pub web_dir: PathBuf,
 
     /// Largest WebSocket message accepted from a client, in bytes; larger ones close the

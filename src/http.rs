@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -59,9 +60,15 @@ async fn healthz(State(state): State<AppState>) -> Response {
 async fn websocket(
     Path(doc): Path<String>,
     State(state): State<AppState>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
+    // The name is checked before the upgrade headers, so a bad name is always a 400 that
+    // says why, whatever else is wrong with the request.
     let doc_id = DocId::parse(&doc)?;
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
     if state.shutdown.is_cancelled() {
         return Err(Error::ShuttingDown);
     }

@@ -214,7 +214,6 @@ mod tests {
             vec![0, 9, 0],
             vec![7, 0],
             vec![2, 0],
-            vec![0, 2, 3, 0xff, 0xff, 0xff],
             vec![1, 5, 1, 1, 1, b'{'],
             vec![0xff; 16],
         ] {
@@ -227,8 +226,14 @@ mod tests {
 
     #[test]
     fn rejects_update_that_is_not_yjs() {
-        let err = decode_update(&[200, 1, 2, 3, 4, 5, 6, 7]).unwrap_err();
-        assert!(matches!(err, Error::InvalidUpdate(_)), "{err:?}");
+        for bad in [
+            &[200, 1, 2, 3, 4, 5, 6, 7][..],
+            &[0xff, 0xff, 0xff],
+            &[1, 1, 255, 255, 255, 255, 15],
+        ] {
+            let err = decode_update(bad).unwrap_err();
+            assert!(matches!(err, Error::InvalidUpdate(_)), "{err:?}");
+        }
     }
 
     #[test]

@@ -324,6 +324,7 @@ impl Room {
                 self.send_to(peer, frame);
             }
             Incoming::Update(raw) => match self.apply(&raw) {
+                Applied::Empty => {}
                 Applied::Ok => {
                     self.pending_frames.push(protocol::sync_update(&raw));
                     self.pending_updates.push(raw);
@@ -357,6 +358,11 @@ impl Room {
             Ok(update) => update,
             Err(e) => return Applied::Rejected(e),
         };
+        // Every y-websocket client answers our SyncStep1 with a SyncStep2, empty when it has
+        // nothing new: not worth a log row nor a broadcast to the room.
+        if update.is_empty() {
+            return Applied::Empty;
+        }
         let result = catch_unwind(AssertUnwindSafe(|| {
             self.doc.transact_mut().apply_update(update)
         }));
@@ -500,6 +506,8 @@ impl Room {
 
 enum Applied {
     Ok,
+    /// Nothing to apply, store or relay.
+    Empty,
     /// yrs refused the update; the document is unchanged.
     Rejected(Error),
     /// yrs panicked half-way; the document must be rebuilt.

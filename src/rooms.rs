@@ -105,10 +105,10 @@ impl Rooms {
 
     fn get_or_spawn(&self, doc_id: &DocId) -> RoomHandle {
         let mut map = self.lock();
-        if let Some(handle) = map.get(doc_id) {
-            if !handle.tx.is_closed() {
-                return handle.clone();
-            }
+        if let Some(handle) = map.get(doc_id)
+            && !handle.tx.is_closed()
+        {
+            return handle.clone();
         }
         let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
         let (tx, inbox) = mpsc::channel(ROOM_INBOX);

@@ -106,6 +106,12 @@ impl YClient {
         client
     }
 
+    pub async fn join_url(url: &str) -> YClient {
+        let mut client = Self::connect(url).await.expect("connect");
+        client.handshake().await;
+        client
+    }
+
     pub async fn join_with(server: &TestServer, doc: &str, ydoc: Doc) -> YClient {
         let mut client = Self::connect(&server.url(doc)).await.expect("connect");
         client.doc = ydoc;
@@ -149,6 +155,20 @@ impl YClient {
         };
         self.send(protocol::sync_update(&update)).await;
         update
+    }
+
+    /// Appends `s` and sends the update, ignoring a dead socket (for crash tests).
+    pub async fn try_push(&mut self, s: &str) {
+        let update = {
+            let text = self.doc.get_or_insert_text("t");
+            let mut txn = self.doc.transact_mut();
+            text.push(&mut txn, s);
+            txn.encode_update_v1()
+        };
+        let _ = self
+            .socket
+            .send(Message::Binary(protocol::sync_update(&update)))
+            .await;
     }
 
     /// Edits offline: changes the local doc without telling anyone.

@@ -1,0 +1,90 @@
+//! Awareness: relayed to the room, retracted when its connection goes, swept when stale.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, YClient};
+
+#[tokio::test]
+async fn awareness_is_relayed_and_sent_to_joiners() {
+    let server = TestServer::start().await;
+    let mut a = YClient::join(&server, "doc").await;
+    let mut b = YClient::join(&server, "doc").await;
+    a.set_awareness(11, 1, r#"{"user":{"name":"Ada"}}"#).await;
+    b.pump_until(|c| c.live_awareness() == vec![11]).await;
+    let c = {
+        let mut c = YClient::join(&server, "doc").await;
+        c.pump_until(|c| c.live_awareness() == vec![11]).await;
+        c
+    };
+    assert_eq!(c.awareness[&11].1, r#"{"user":{"name":"Ada"}}"#);
+}
+
+#[tokio::test]
+async fn clean_close_removes_cursor() {
+    let server = TestServer::start().await;
+    let mut a = YClient::join(&server, "doc").await;
+    let mut b = YClient::join(&server, "doc").await;
+    a.set_awareness(11, 1, "{}").await;
+    b.pump_until(|c| c.live_awareness() == vec![11]).await;
+    a.close().await;
+    b.pump_until(|c| c.live_awareness().is_empty()).await;
+}
+
+#[tokio::test]
+async fn abrupt_drop_removes_cursor() {
+    let server = TestServer::start().await;
+    let mut a = YClient::join(&server, "doc").await;
+    let mut b = YClient::join(&server, "doc").await;
+    a.set_awareness(11, 1, "{}").await;
+    a.set_awareness(12, 1, "{}").await;
+    b.pump_until(|c| c.live_awareness() == vec![11, 12]).await;
+    a.drop_abruptly();
+    b.pump_until(|c| c.live_awareness().is_empty()).await;
+    let late = YClient::join(&server, "doc").await;
+    assert!(
+        late.live_awareness().is_empty(),
+        "no ghost for a late joiner"
+    );
+}
+
+#[tokio::test]
+async fn silent_peer_is_closed_by_ping_timeout() {
+    // The peer's TCP stays open but it never answers: emulate by not reading at all, so
+    // pongs are never sent. tungstenite answers pings only while the socket is polled.
+    let server = TestServer::start_with(|c| c.ping_interval_secs = 0.2).await;
+    let a = YClient::join(&server, "doc").await;
+    let mut b = YClient::join(&server, "doc").await;
+    let mut a = a;
+    a.set_awareness(21, 1, "{}").await;
+    b.pump_until(|c| c.live_awareness() == vec![21]).await;
+    // a stops reading; b keeps reading (and so answers pings).
+    b.pump_until(|c| c.live_awareness().is_empty()).await;
+    drop(a);
+}
+
+#[tokio::test]
+async fn stale_states_are_swept() {
+    let server = TestServer::start_with(|c| c.awareness_timeout_secs = 0.4).await;
+    let mut a = YClient::join(&server, "doc").await;
+    let mut b = YClient::join(&server, "doc").await;
+    a.set_awareness(31, 1, "{}").await;
+    b.pump_until(|c| c.live_awareness() == vec![31]).await;
+    // a stays connected but never renews its state.
+    b.pump_until(|c| c.live_awareness().is_empty()).await;
+    a.pump_for(Duration::from_millis(10)).await;
+}
+
+#[tokio::test]
+async fn stale_clock_is_not_relayed() {
+    let server = TestServer::start().await;
+    let mut a = YClient::join(&server, "doc").await;
+    let mut b = YClient::join(&server, "doc").await;
+    a.set_awareness(41, 5, r#"{"v":5}"#).await;
+    b.pump_until(|c| c.live_awareness() == vec![41]).await;
+    a.set_awareness(41, 3, r#"{"v":3}"#).await;
+    a.set_awareness(41, 6, r#"{"v":6}"#).await;
+    b.pump_until(|c| c.awareness[&41].0 == 6).await;
+    assert_eq!(b.awareness[&41].1, r#"{"v":6}"#);
+}
