@@ -455,7 +455,8 @@ impl Room {
     /// Disconnects one peer with a close code and retracts its presence.
     fn kick(&mut self, peer: PeerId, error: &Error) {
         if let Some(mut p) = self.peers.remove(&peer) {
-            tracing::info!(%peer, error = %error, "closing peer");
+            // debug: the connection logs the close itself, once.
+            tracing::debug!(%peer, error = %error, "closing peer");
             if let Some(k) = p.kick.take() {
                 let _ = k.send(Kick::from(error));
             }
