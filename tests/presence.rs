@@ -88,3 +88,25 @@ async fn stale_clock_is_not_relayed() {
     b.pump_until(|c| c.awareness[&41].0 == 6).await;
     assert_eq!(b.awareness[&41].1, r#"{"v":6}"#);
 }
+
+#[tokio::test]
+async fn peer_that_cannot_keep_up_is_closed_not_skipped() {
+    let server = TestServer::start_with(|c| {
+        c.peer_queue = 32;
+        c.ping_interval_secs = 0.5;
+    })
+    .await;
+    let mut writer = YClient::join(&server, "doc").await;
+    let mut sleeper = YClient::join(&server, "doc").await;
+    // 64 KiB updates until the sleeper's socket buffers and its 32-frame queue are full;
+    // the writer keeps reading its echoes, so only the sleeper falls behind.
+    let chunk = "x".repeat(64 * 1024);
+    for i in 0..400u32 {
+        writer.insert(i, &chunk).await;
+        writer.pump_until(|c| c.updates_received > i as usize).await;
+    }
+    let (code, reason) = sleeper.expect_close().await;
+    assert_eq!(code, 1013, "{reason}");
+    // The writer was never held up by the sleeper and got every echo.
+    writer.pump_until(|c| c.updates_received == 400).await;
+}
