@@ -24,6 +24,8 @@ pub mod close_code {
 pub enum Error {
     #[error("invalid document name: {0}")]
     BadDocName(&'static str),
+    #[error("invalid browser id: 1-64 letters, digits, '-' or '_'")]
+    BadBrowserId,
     #[error("malformed message: {0}")]
     BadFrame(String),
     #[error("text frames are not part of the protocol")]
@@ -54,6 +56,7 @@ impl Error {
     pub fn status_code(&self) -> StatusCode {
         match self {
             Error::BadDocName(_)
+            | Error::BadBrowserId
             | Error::BadFrame(_)
             | Error::TextFrame
             | Error::UnknownMessage(_)
@@ -69,7 +72,7 @@ impl Error {
     pub fn close_code(&self) -> u16 {
         use close_code::*;
         match self {
-            Error::BadDocName(_) => POLICY_VIOLATION,
+            Error::BadDocName(_) | Error::BadBrowserId => POLICY_VIOLATION,
             Error::BadFrame(_) | Error::UnknownMessage(_) => PROTOCOL_ERROR,
             Error::TextFrame => UNSUPPORTED_DATA,
             Error::InvalidUpdate(_) | Error::InvalidAwareness(_) => INVALID_PAYLOAD,

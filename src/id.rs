@@ -21,13 +21,8 @@ impl DocId {
         if name.len() > Self::MAX_LEN {
             return Err(Error::BadDocName("longer than 200 characters"));
         }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        {
-            return Err(Error::BadDocName(
-                "only letters, digits, '-', '_' and '.' are allowed",
-            ));
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+            return Err(Error::BadDocName("only letters, digits, '-', '_' and '.' are allowed"));
         }
         Ok(DocId(name.into()))
     }
@@ -46,6 +41,26 @@ impl fmt::Display for DocId {
 impl fmt::Debug for DocId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", &*self.0)
+    }
+}
+
+/// A browser's stable random id (kept in its localStorage), used to give the same person
+/// the same cursor colour when they come back. Not a secret and not an authentication.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct BrowserId(Arc<str>);
+
+impl BrowserId {
+    pub fn parse(id: &str) -> Result<BrowserId, Error> {
+        let ok = (1..=64).contains(&id.len())
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(Error::BadBrowserId);
+        }
+        Ok(BrowserId(id.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 

@@ -51,12 +51,7 @@ pub async fn serve(
     let writer = tokio::spawn(writer);
     let tracker = TaskTracker::new();
     let token = CancellationToken::new();
-    let rooms = rooms::Rooms::new(
-        store.clone(),
-        config.clone(),
-        tracker.clone(),
-        token.clone(),
-    );
+    let rooms = rooms::Rooms::new(store.clone(), config.clone(), tracker.clone(), token.clone());
     let state = http::AppState {
         config: config.clone(),
         store,
@@ -76,10 +71,7 @@ pub async fn serve(
         .context("serving http")?;
     token.cancel();
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
         tracing::warn!("some connections or rooms did not finish in time");
     }
     // Every room and handler is gone, so the store's last sender is dropped and the writer

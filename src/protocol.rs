@@ -35,10 +35,7 @@ pub enum Incoming {
     /// `decode_update`, right before applying.
     Update(Bytes),
     /// Presence: the decoded update plus the frame to relay unchanged.
-    Awareness {
-        update: AwarenessUpdate,
-        frame: Bytes,
-    },
+    Awareness { update: AwarenessUpdate, frame: Bytes },
     /// The client asks for all awareness states.
     QueryAwareness,
 }
@@ -94,28 +91,19 @@ fn decode_awareness(payload: &[u8]) -> Result<AwarenessUpdate, Error> {
     let len: u64 = cursor.read_var().map_err(bad)?;
     // Each entry takes at least three bytes, which bounds `len` by the payload.
     if len > payload.len() as u64 / 3 + 1 {
-        return Err(Error::InvalidAwareness(
-            "entry count exceeds payload".into(),
-        ));
+        return Err(Error::InvalidAwareness("entry count exceeds payload".into()));
     }
-    let mut update = AwarenessUpdate {
-        clients: Default::default(),
-    };
+    let mut update = AwarenessUpdate { clients: Default::default() };
     for _ in 0..len {
         let client_id: u64 = cursor.read_var().map_err(bad)?;
         if client_id > MAX_CLIENT_ID {
-            return Err(Error::InvalidAwareness(format!(
-                "client id {client_id} exceeds 2^53"
-            )));
+            return Err(Error::InvalidAwareness(format!("client id {client_id} exceeds 2^53")));
         }
         let clock: u32 = cursor.read_var().map_err(bad)?;
         let json = cursor.read_string().map_err(bad)?;
         serde_json::from_str::<serde::de::IgnoredAny>(json)
             .map_err(|e| Error::InvalidAwareness(format!("state is not JSON: {e}")))?;
-        let entry = AwarenessUpdateEntry {
-            clock,
-            json: json.into(),
-        };
+        let entry = AwarenessUpdateEntry { clock, json: json.into() };
         update.clients.insert(ClientID::new(client_id), entry);
     }
     if cursor.has_content() {
@@ -177,8 +165,7 @@ mod tests {
         let doc = Doc::new();
         let text = doc.get_or_insert_text("t");
         text.push(&mut doc.transact_mut(), "hello");
-        doc.transact()
-            .encode_state_as_update_v1(&StateVector::default())
+        doc.transact().encode_state_as_update_v1(&StateVector::default())
     }
 
     #[test]
@@ -186,18 +173,11 @@ mod tests {
         let raw = update_bytes();
         let frame = sync_update(&raw);
         let msgs = decode_frame(&frame).expect("valid frame");
-        let Incoming::Update(u) = &msgs[0] else {
-            panic!("expected update")
-        };
+        let Incoming::Update(u) = &msgs[0] else { panic!("expected update") };
         assert_eq!(&u[..], &raw[..]);
         let doc = Doc::new();
-        doc.transact_mut()
-            .apply_update(decode_update(u).expect("decodes"))
-            .expect("applies");
-        assert_eq!(
-            doc.get_or_insert_text("t").get_string(&doc.transact()),
-            "hello"
-        );
+        doc.transact_mut().apply_update(decode_update(u).expect("decodes")).expect("applies");
+        assert_eq!(doc.get_or_insert_text("t").get_string(&doc.transact()), "hello");
 
         let sv = StateVector::default();
         let msgs = decode_frame(&sync_step1(&sv)).expect("valid");
@@ -217,20 +197,15 @@ mod tests {
             vec![1, 5, 1, 1, 1, b'{'],
             vec![0xff; 16],
         ] {
-            assert!(
-                decode_frame(&Bytes::from(input.clone())).is_err(),
-                "{input:?}"
-            );
+            assert!(decode_frame(&Bytes::from(input.clone())).is_err(), "{input:?}");
         }
     }
 
     #[test]
     fn rejects_update_that_is_not_yjs() {
-        for bad in [
-            &[200, 1, 2, 3, 4, 5, 6, 7][..],
-            &[0xff, 0xff, 0xff],
-            &[1, 1, 255, 255, 255, 255, 15],
-        ] {
+        for bad in
+            [&[200, 1, 2, 3, 4, 5, 6, 7][..], &[0xff, 0xff, 0xff], &[1, 1, 255, 255, 255, 255, 15]]
+        {
             let err = decode_update(bad).unwrap_err();
             assert!(matches!(err, Error::InvalidUpdate(_)), "{err:?}");
         }
@@ -238,25 +213,13 @@ mod tests {
 
     #[test]
     fn awareness_keeps_the_original_frame() {
-        let mut update = AwarenessUpdate {
-            clients: Default::default(),
-        };
-        update.clients.insert(
-            ClientID::new(7),
-            AwarenessUpdateEntry {
-                clock: 3,
-                json: "{\"a\":1}".into(),
-            },
-        );
+        let mut update = AwarenessUpdate { clients: Default::default() };
+        update
+            .clients
+            .insert(ClientID::new(7), AwarenessUpdateEntry { clock: 3, json: "{\"a\":1}".into() });
         let frame = awareness(&update);
         let msgs = decode_frame(&frame).expect("valid");
-        let Incoming::Awareness {
-            update: got,
-            frame: relayed,
-        } = &msgs[0]
-        else {
-            panic!()
-        };
+        let Incoming::Awareness { update: got, frame: relayed } = &msgs[0] else { panic!() };
         assert_eq!(got, &update);
         assert_eq!(relayed, &frame);
     }

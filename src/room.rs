@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -25,10 +26,10 @@ use tracing::Instrument;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
-use crate::awareness::Presence;
+use crate::awareness::{ColourBook, Presence};
 use crate::config::Config;
 use crate::error::Error;
-use crate::id::{DocId, PeerId};
+use crate::id::{BrowserId, DocId, PeerId};
 use crate::protocol::{self, Incoming};
 use crate::rooms::Rooms;
 use crate::store::Store;
@@ -45,22 +46,26 @@ pub struct Kick {
 
 impl From<&Error> for Kick {
     fn from(e: &Error) -> Kick {
-        Kick {
-            code: e.close_code(),
-            reason: e.close_reason(),
-        }
+        Kick { code: e.close_code(), reason: e.close_reason() }
     }
 }
 
 pub enum RoomMsg {
     Join {
         peer: PeerId,
+        /// Set when the client said which browser it is (for its cursor colour).
+        browser: Option<BrowserId>,
         outbox: mpsc::Sender<Bytes>,
         kick: oneshot::Sender<Kick>,
         reply: oneshot::Sender<Result<(), Kick>>,
     },
     Leave {
         peer: PeerId,
+    },
+    /// Which cursor colour (an index into `awareness::PALETTE`) this browser gets here.
+    Colour {
+        browser: BrowserId,
+        reply: oneshot::Sender<usize>,
     },
     Incoming {
         peer: PeerId,
@@ -74,6 +79,8 @@ pub enum RoomMsg {
 pub struct RoomHandle {
     pub(crate) tx: mpsc::Sender<RoomMsg>,
     pub(crate) generation: u64,
+    /// Connected peers, kept by the room, read by the document list.
+    pub(crate) peer_count: Arc<AtomicUsize>,
 }
 
 impl RoomHandle {
@@ -87,13 +94,16 @@ impl RoomHandle {
 struct Peer {
     outbox: mpsc::Sender<Bytes>,
     kick: Option<oneshot::Sender<Kick>>,
+    browser: Option<BrowserId>,
 }
 
 pub(crate) struct Room {
     doc_id: DocId,
     doc: Doc,
     presence: Presence,
+    colours: ColourBook,
     peers: HashMap<PeerId, Peer>,
+    peer_count: Arc<AtomicUsize>,
     store: Store,
     config: Arc<Config>,
     /// Seq of the next update appended to the log.
@@ -113,9 +123,11 @@ pub(crate) struct Room {
 impl Room {
     /// Loads the document and runs the room until it unloads, the server shuts down or the
     /// store fails. Joins that arrive while the document is loading wait in the inbox.
+    #[allow(clippy::too_many_arguments)] // the registry's one call site names them all
     pub(crate) async fn spawn_run(
         doc_id: DocId,
         generation: u64,
+        peer_count: Arc<AtomicUsize>,
         mut inbox: mpsc::Receiver<RoomMsg>,
         rooms: Rooms,
         store: Store,
@@ -126,7 +138,7 @@ impl Room {
         async move {
             let started = Instant::now();
             let room = match Room::load(doc_id.clone(), store, config).await {
-                Ok(room) => room,
+                Ok(room) => Room { peer_count, ..room },
                 Err(e) => {
                     tracing::error!(error = %e, "could not load document");
                     rooms.forget(&doc_id, generation, &mut inbox, true);
@@ -166,9 +178,11 @@ impl Room {
         }
         Ok(Room {
             presence: Presence::new(config.awareness_timeout()),
+            colours: ColourBook::default(),
             doc_id,
             doc,
             peers: HashMap::new(),
+            peer_count: Arc::default(),
             store,
             next_seq: loaded.next_seq,
             log_updates: loaded.tail.len() as u64,
@@ -246,6 +260,7 @@ impl Room {
                 tracing::error!(error = %e, "room failed, closing its peers");
                 rooms.forget(&self.doc_id, generation, &mut inbox, true);
                 let kick = Kick::from(&e);
+                self.peer_count.store(0, Ordering::Relaxed);
                 for (_, peer) in self.peers.drain() {
                     if let Some(k) = peer.kick {
                         let _ = k.send(kick.clone());
@@ -260,16 +275,16 @@ impl Room {
     async fn handle_batch(&mut self, batch: &mut Vec<RoomMsg>) -> Result<(), Error> {
         for msg in batch.drain(..) {
             match msg {
-                RoomMsg::Join {
-                    peer,
-                    outbox,
-                    kick,
-                    reply,
-                } => {
+                RoomMsg::Join { peer, browser, outbox, kick, reply } => {
                     self.flush().await?;
-                    self.join(peer, outbox, kick, reply);
+                    self.join(peer, browser, outbox, kick, reply);
                 }
-                RoomMsg::Leave { peer } => self.leave(peer),
+                RoomMsg::Leave { peer } => {
+                    self.remove_peer(peer);
+                }
+                RoomMsg::Colour { browser, reply } => {
+                    let _ = reply.send(self.colours.assign(&browser));
+                }
                 RoomMsg::Incoming { peer, msgs } => {
                     for msg in msgs {
                         self.incoming(peer, msg).await?;
@@ -283,6 +298,7 @@ impl Room {
     fn join(
         &mut self,
         peer: PeerId,
+        browser: Option<BrowserId>,
         outbox: mpsc::Sender<Bytes>,
         kick: oneshot::Sender<Kick>,
         reply: oneshot::Sender<Result<(), Kick>>,
@@ -294,22 +310,26 @@ impl Room {
             let _ = outbox.try_send(frame);
         }
         if reply.send(Ok(())).is_ok() {
-            self.peers.insert(
-                peer,
-                Peer {
-                    outbox,
-                    kick: Some(kick),
-                },
-            );
+            if let Some(browser) = &browser {
+                self.colours.connected(browser);
+            }
+            self.peers.insert(peer, Peer { outbox, kick: Some(kick), browser });
+            self.peer_count.store(self.peers.len(), Ordering::Relaxed);
             tracing::debug!(%peer, peers = self.peers.len(), "peer joined");
         }
     }
 
-    fn leave(&mut self, peer: PeerId) {
-        self.peers.remove(&peer);
+    /// Forgets a peer that left or was closed, and retracts its presence.
+    fn remove_peer(&mut self, peer: PeerId) -> Option<Peer> {
+        let removed = self.peers.remove(&peer);
+        if let Some(browser) = removed.as_ref().and_then(|p| p.browser.as_ref()) {
+            self.colours.disconnected(browser);
+        }
+        self.peer_count.store(self.peers.len(), Ordering::Relaxed);
         if let Some(frame) = self.presence.remove_peer(peer) {
             self.pending_frames.push(frame);
         }
+        removed
     }
 
     async fn incoming(&mut self, peer: PeerId, msg: Incoming) -> Result<(), Error> {
@@ -363,9 +383,8 @@ impl Room {
         if update.is_empty() {
             return Applied::Empty;
         }
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            self.doc.transact_mut().apply_update(update)
-        }));
+        let result =
+            catch_unwind(AssertUnwindSafe(|| self.doc.transact_mut().apply_update(update)));
         match result {
             Ok(Ok(())) => {
                 self.full_state = None;
@@ -374,9 +393,7 @@ impl Room {
             Ok(Err(e)) => Applied::Rejected(Error::InvalidUpdate(e.to_string())),
             Err(_) => {
                 tracing::error!("update integration panicked; rebuilding document from the log");
-                Applied::Poisoned(Error::InvalidUpdate(
-                    "update could not be integrated".into(),
-                ))
+                Applied::Poisoned(Error::InvalidUpdate("update could not be integrated".into()))
             }
         }
     }
@@ -411,9 +428,7 @@ impl Room {
             let updates = std::mem::take(&mut self.pending_updates);
             let n = updates.len() as u64;
             let bytes: u64 = updates.iter().map(|u| u.len() as u64).sum();
-            self.store
-                .append(&self.doc_id, self.next_seq, updates)
-                .await?;
+            self.store.append(&self.doc_id, self.next_seq, updates).await?;
             self.next_seq += n as i64;
             self.log_updates += n;
             self.log_bytes += bytes;
@@ -441,10 +456,7 @@ impl Room {
 
     fn send_to(&mut self, peer: PeerId, frame: Bytes) {
         let full = match self.peers.get(&peer) {
-            Some(p) => matches!(
-                p.outbox.try_send(frame),
-                Err(mpsc::error::TrySendError::Full(_))
-            ),
+            Some(p) => matches!(p.outbox.try_send(frame), Err(mpsc::error::TrySendError::Full(_))),
             None => false,
         };
         if full {
@@ -454,15 +466,12 @@ impl Room {
 
     /// Disconnects one peer with a close code and retracts its presence.
     fn kick(&mut self, peer: PeerId, error: &Error) {
-        if let Some(mut p) = self.peers.remove(&peer) {
+        if let Some(mut p) = self.remove_peer(peer) {
             // debug: the connection logs the close itself, once.
             tracing::debug!(%peer, error = %error, "closing peer");
             if let Some(k) = p.kick.take() {
                 let _ = k.send(Kick::from(error));
             }
-        }
-        if let Some(frame) = self.presence.remove_peer(peer) {
-            self.pending_frames.push(frame);
         }
     }
 
@@ -479,16 +488,9 @@ impl Room {
             return;
         }
         let started = Instant::now();
-        let snapshot = self
-            .doc
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default());
+        let snapshot = self.doc.transact().encode_state_as_update_v1(&StateVector::default());
         let size = snapshot.len();
-        match self
-            .store
-            .compact(&self.doc_id, snapshot, self.next_seq - 1)
-            .await
-        {
+        match self.store.compact(&self.doc_id, snapshot, self.next_seq - 1).await {
             Ok(()) => {
                 tracing::info!(
                     updates = self.log_updates,

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::id::{DocId, PeerId};
+use crate::id::{BrowserId, DocId, PeerId};
 use crate::room::{Kick, Room, RoomHandle, RoomMsg};
 use crate::store::Store;
 
@@ -60,9 +60,7 @@ impl Rooms {
             shutdown,
             next_generation: AtomicU64::new(1),
         };
-        Rooms {
-            inner: Arc::new(inner),
-        }
+        Rooms { inner: Arc::new(inner) }
     }
 
     /// Joins `doc_id`'s room, loading it if needed. Frames for the peer arrive on `outbox`.
@@ -70,6 +68,7 @@ impl Rooms {
         &self,
         doc_id: &DocId,
         peer: PeerId,
+        browser: Option<BrowserId>,
         outbox: mpsc::Sender<Bytes>,
     ) -> Result<Joined, Kick> {
         for _attempt in 0..3 {
@@ -78,6 +77,7 @@ impl Rooms {
             let (reply, joined) = oneshot::channel();
             let msg = RoomMsg::Join {
                 peer,
+                browser: browser.clone(),
                 outbox: outbox.clone(),
                 kick: kick_tx,
                 reply,
@@ -87,10 +87,7 @@ impl Rooms {
             }
             match joined.await {
                 Ok(Ok(())) => {
-                    return Ok(Joined {
-                        room,
-                        kick: kick_rx,
-                    });
+                    return Ok(Joined { room, kick: kick_rx });
                 }
                 Ok(Err(kick)) => return Err(kick),
                 Err(_) => continue,
@@ -99,8 +96,31 @@ impl Rooms {
         Err(Kick::from(&Error::RoomGone))
     }
 
+    /// The cursor colour (index into `awareness::PALETTE`) for `browser` in `doc_id`.
+    pub async fn colour(&self, doc_id: &DocId, browser: &BrowserId) -> Result<usize, Error> {
+        for _attempt in 0..3 {
+            let room = self.get_or_spawn(doc_id);
+            let (reply, colour) = oneshot::channel();
+            if room.send(RoomMsg::Colour { browser: browser.clone(), reply }).await.is_err() {
+                continue;
+            }
+            if let Ok(colour) = colour.await {
+                return Ok(colour);
+            }
+        }
+        Err(Error::RoomGone)
+    }
+
     pub fn loaded(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Connected peers per loaded room.
+    pub fn peer_counts(&self) -> HashMap<DocId, usize> {
+        self.lock()
+            .iter()
+            .map(|(doc, handle)| (doc.clone(), handle.peer_count.load(Ordering::Relaxed)))
+            .collect()
     }
 
     fn get_or_spawn(&self, doc_id: &DocId) -> RoomHandle {
@@ -112,12 +132,14 @@ impl Rooms {
         }
         let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
         let (tx, inbox) = mpsc::channel(ROOM_INBOX);
-        let handle = RoomHandle { tx, generation };
+        let peer_count = Arc::default();
+        let handle = RoomHandle { tx, generation, peer_count: Arc::clone(&peer_count) };
         map.insert(doc_id.clone(), handle.clone());
         let inner = &self.inner;
         inner.tracker.spawn(Room::spawn_run(
             doc_id.clone(),
             generation,
+            peer_count,
             inbox,
             self.clone(),
             inner.store.clone(),
@@ -152,9 +174,6 @@ impl Rooms {
     fn lock(&self) -> MutexGuard<'_, HashMap<DocId, RoomHandle>> {
         // A panic while holding this lock cannot leave the map half-updated (every critical
         // section is a single insert/remove), so a poisoned lock is still safe to use.
-        self.inner
-            .map
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -53,18 +53,8 @@ pub struct DocSummary {
 }
 
 enum WriteJob {
-    Append {
-        doc: DocId,
-        first_seq: i64,
-        updates: Vec<Bytes>,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    Compact {
-        doc: DocId,
-        snapshot: Vec<u8>,
-        upto_seq: i64,
-        reply: oneshot::Sender<Result<()>>,
-    },
+    Append { doc: DocId, first_seq: i64, updates: Vec<Bytes>, reply: oneshot::Sender<Result<()>> },
+    Compact { doc: DocId, snapshot: Vec<u8>, upto_seq: i64, reply: oneshot::Sender<Result<()>> },
 }
 
 impl WriteJob {
@@ -95,10 +85,8 @@ impl Store {
             })
             .busy_timeout(Duration::from_secs(10));
         // A one-connection pool: the migrator wants a pool, the writer wants a connection.
-        let write_pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await?;
+        let write_pool =
+            SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         sqlx::migrate!().run(&write_pool).await?;
         let write_conn = write_pool.acquire().await?.detach();
         let reader = SqlitePoolOptions::new()
@@ -118,10 +106,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
         let (snapshot, snapshot_seq) = match row {
-            Some(row) => (
-                row.try_get::<Option<Vec<u8>>, _>(0)?,
-                row.try_get::<i64, _>(1)?,
-            ),
+            Some(row) => (row.try_get::<Option<Vec<u8>>, _>(0)?, row.try_get::<i64, _>(1)?),
             None => (None, 0),
         };
         let rows =
@@ -131,11 +116,7 @@ impl Store {
                 .fetch_all(&mut *tx)
                 .await?;
         tx.commit().await?;
-        let mut loaded = Loaded {
-            snapshot,
-            next_seq: snapshot_seq + 1,
-            ..Default::default()
-        };
+        let mut loaded = Loaded { snapshot, next_seq: snapshot_seq + 1, ..Default::default() };
         for row in rows {
             let seq: i64 = row.try_get(0)?;
             let data: Vec<u8> = row.try_get(1)?;
@@ -149,12 +130,7 @@ impl Store {
     /// Durably appends `updates` with seqs `first_seq..`; returns once they are committed.
     pub async fn append(&self, doc: &DocId, first_seq: i64, updates: Vec<Bytes>) -> Result<()> {
         let (reply, done) = oneshot::channel();
-        let job = WriteJob::Append {
-            doc: doc.clone(),
-            first_seq,
-            updates,
-            reply,
-        };
+        let job = WriteJob::Append { doc: doc.clone(), first_seq, updates, reply };
         self.submit(job, done).await
     }
 
@@ -163,22 +139,13 @@ impl Store {
     /// generations of a room racing at unload cannot move a document backwards.
     pub async fn compact(&self, doc: &DocId, snapshot: Vec<u8>, upto_seq: i64) -> Result<()> {
         let (reply, done) = oneshot::channel();
-        let job = WriteJob::Compact {
-            doc: doc.clone(),
-            snapshot,
-            upto_seq,
-            reply,
-        };
+        let job = WriteJob::Compact { doc: doc.clone(), snapshot, upto_seq, reply };
         self.submit(job, done).await
     }
 
     async fn submit(&self, job: WriteJob, done: oneshot::Receiver<Result<()>>) -> Result<()> {
-        self.writer
-            .send(job)
-            .await
-            .map_err(|_| Error::Store(sqlx::Error::PoolClosed))?;
-        done.await
-            .map_err(|_| Error::Store(sqlx::Error::PoolClosed))?
+        self.writer.send(job).await.map_err(|_| Error::Store(sqlx::Error::PoolClosed))?;
+        done.await.map_err(|_| Error::Store(sqlx::Error::PoolClosed))?
     }
 
     pub async fn list(&self, limit: i64) -> Result<Vec<DocSummary>> {
@@ -189,10 +156,7 @@ impl Store {
                 .await?;
         let mut docs = Vec::with_capacity(rows.len());
         for row in rows {
-            docs.push(DocSummary {
-                name: row.try_get(0)?,
-                updated_at: row.try_get(1)?,
-            });
+            docs.push(DocSummary { name: row.try_get(0)?, updated_at: row.try_get(1)? });
         }
         Ok(docs)
     }
@@ -248,12 +212,7 @@ async fn write_jobs(tx: &mut SqliteConnection, jobs: &[WriteJob]) -> Result<()> 
     let now = now_millis();
     for job in jobs {
         match job {
-            WriteJob::Append {
-                doc,
-                first_seq,
-                updates,
-                ..
-            } => {
+            WriteJob::Append { doc, first_seq, updates, .. } => {
                 sqlx::query(
                     "insert into documents (name, created_at, updated_at) values (?, ?, ?)
                      on conflict (name) do update set updated_at = excluded.updated_at",
@@ -268,20 +227,13 @@ async fn write_jobs(tx: &mut SqliteConnection, jobs: &[WriteJob]) -> Result<()> 
                     let mut insert: QueryBuilder<Sqlite> =
                         QueryBuilder::new("insert into updates (doc, seq, data) ");
                     insert.push_values(chunk, |mut row, update| {
-                        row.push_bind(doc.as_str())
-                            .push_bind(seq)
-                            .push_bind(update.as_ref());
+                        row.push_bind(doc.as_str()).push_bind(seq).push_bind(update.as_ref());
                         seq += 1;
                     });
                     insert.build().execute(&mut *tx).await?;
                 }
             }
-            WriteJob::Compact {
-                doc,
-                snapshot,
-                upto_seq,
-                ..
-            } => {
+            WriteJob::Compact { doc, snapshot, upto_seq, .. } => {
                 let replaced = sqlx::query(
                     "insert into documents (name, snapshot, snapshot_seq, created_at, updated_at)
                      values (?, ?, ?, ?, ?)
@@ -311,7 +263,5 @@ async fn write_jobs(tx: &mut SqliteConnection, jobs: &[WriteJob]) -> Result<()> 
 }
 
 fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::error::{Error, close_code};
-use crate::id::{DocId, PeerId};
+use crate::id::{BrowserId, DocId, PeerId};
 use crate::protocol;
 use crate::room::{Kick, RoomMsg};
 use crate::rooms::Rooms;
@@ -39,28 +39,28 @@ impl From<Error> for End {
 pub async fn run(
     socket: WebSocket,
     doc_id: DocId,
+    browser: Option<BrowserId>,
     rooms: Rooms,
     config: Arc<Config>,
     shutdown: CancellationToken,
 ) {
     let peer = PeerId::new();
     let span = tracing::info_span!("conn", doc = %doc_id, %peer);
-    run_peer(socket, doc_id, peer, rooms, config, shutdown)
-        .instrument(span)
-        .await
+    run_peer(socket, doc_id, peer, browser, rooms, config, shutdown).instrument(span).await
 }
 
 async fn run_peer(
     socket: WebSocket,
     doc_id: DocId,
     peer: PeerId,
+    browser: Option<BrowserId>,
     rooms: Rooms,
     config: Arc<Config>,
     shutdown: CancellationToken,
 ) {
     let (mut sink, mut stream) = socket.split();
     let (outbox, mut outbox_rx) = mpsc::channel(config.peer_queue.max(4));
-    let joined = match rooms.join(&doc_id, peer, outbox).await {
+    let joined = match rooms.join(&doc_id, peer, browser, outbox).await {
         Ok(joined) => joined,
         Err(kick) => {
             tracing::warn!(code = kick.code, reason = %kick.reason, "join failed");
@@ -152,10 +152,7 @@ async fn run_peer(
 }
 
 fn close(kick: &Kick) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: kick.code,
-        reason: kick.reason.as_str().into(),
-    }))
+    Message::Close(Some(CloseFrame { code: kick.code, reason: kick.reason.as_str().into() }))
 }
 
 fn read_error(e: axum::Error, limit: usize) -> End {

@@ -34,21 +34,13 @@ async fn rejected(msg: Message, expected_code: u16) -> String {
 
 #[tokio::test]
 async fn garbage_bytes() {
-    rejected(
-        Message::Binary(Bytes::from_static(&[0xff, 0xfe, 0x00, 0x13, 0x37])),
-        1002,
-    )
-    .await;
+    rejected(Message::Binary(Bytes::from_static(&[0xff, 0xfe, 0x00, 0x13, 0x37])), 1002).await;
 }
 
 #[tokio::test]
 async fn truncated_message() {
     // Sync/Update announcing 100 bytes but carrying 3.
-    rejected(
-        Message::Binary(Bytes::from_static(&[0, 2, 100, 1, 2, 3])),
-        1002,
-    )
-    .await;
+    rejected(Message::Binary(Bytes::from_static(&[0, 2, 100, 1, 2, 3])), 1002).await;
 }
 
 #[tokio::test]
@@ -63,21 +55,14 @@ async fn unknown_sync_step() {
 
 #[tokio::test]
 async fn invalid_update_inside_valid_frame() {
-    let reason = rejected(
-        Message::Binary(protocol::sync_update(&[3, 200, 7, 7, 7, 7, 1, 2])),
-        1007,
-    )
-    .await;
+    let reason =
+        rejected(Message::Binary(protocol::sync_update(&[3, 200, 7, 7, 7, 7, 1, 2])), 1007).await;
     assert!(reason.contains("invalid yjs update"), "{reason}");
 }
 
 #[tokio::test]
 async fn invalid_update_as_sync_step2() {
-    rejected(
-        Message::Binary(protocol::sync_step2(&[1, 1, 255, 255, 255, 255, 15, 9])),
-        1007,
-    )
-    .await;
+    rejected(Message::Binary(protocol::sync_step2(&[1, 1, 255, 255, 255, 255, 15, 9])), 1007).await;
 }
 
 #[tokio::test]
@@ -137,12 +122,8 @@ impl EvilUpdate for yrs::Doc {
     fn transact_mut_update(&self, s: &str) -> Vec<u8> {
         use yrs::{ReadTxn, Text, Transact, updates::decoder::Decode};
         let copy = yrs::Doc::new();
-        let state = self
-            .transact()
-            .encode_state_as_update_v1(&Default::default());
-        copy.transact_mut()
-            .apply_update(yrs::Update::decode_v1(&state).unwrap())
-            .unwrap();
+        let state = self.transact().encode_state_as_update_v1(&Default::default());
+        copy.transact_mut().apply_update(yrs::Update::decode_v1(&state).unwrap()).unwrap();
         let text = copy.get_or_insert_text("t");
         let mut txn = copy.transact_mut();
         text.push(&mut txn, s);

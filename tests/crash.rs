@@ -71,18 +71,14 @@ async fn sigkill_loses_no_acknowledged_update() {
     }
 
     let (_child, addr) = spawn_tandem(tmp.path()).await;
-    let reloaded = YClient::join_url(&format!("ws://{addr}/ws/crash"))
-        .await
-        .text();
+    let reloaded = YClient::join_url(&format!("ws://{addr}/ws/crash")).await.text();
     let mut missing = Vec::new();
     for i in 0..acked {
         if !reloaded.contains(&format!("<{i}>")) {
             missing.push(i);
         }
     }
-    let recovered = (0..sent)
-        .filter(|i| reloaded.contains(&format!("<{i}>")))
-        .count();
+    let recovered = (0..sent).filter(|i| reloaded.contains(&format!("<{i}>"))).count();
     println!("recovered {recovered} of {sent} sent ({acked} acknowledged)");
     assert!(missing.is_empty(), "acknowledged updates lost: {missing:?}");
 }

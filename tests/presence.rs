@@ -43,10 +43,7 @@ async fn abrupt_drop_removes_cursor() {
     a.drop_abruptly();
     b.pump_until(|c| c.live_awareness().is_empty()).await;
     let late = YClient::join(&server, "doc").await;
-    assert!(
-        late.live_awareness().is_empty(),
-        "no ghost for a late joiner"
-    );
+    assert!(late.live_awareness().is_empty(), "no ghost for a late joiner");
 }
 
 #[tokio::test]

@@ -25,10 +25,7 @@ async fn run_scenario(seed: u64, n_peers: usize, steps: usize) {
     let mut peers = Vec::new();
     for _ in 0..n_peers {
         let client = YClient::join(&server, "rand").await;
-        peers.push(Peer {
-            doc: client.doc.clone(),
-            client: Some(client),
-        });
+        peers.push(Peer { doc: client.doc.clone(), client: Some(client) });
     }
     for _ in 0..steps {
         let peer = &mut peers[rng.usize(..n_peers)];
@@ -95,10 +92,7 @@ async fn run_scenario(seed: u64, n_peers: usize, steps: usize) {
         if texts.windows(2).all(|w| w[0] == w[1]) {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "seed {seed}: no convergence: {texts:#?}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "seed {seed}: no convergence: {texts:#?}");
     }
     let expected = text_of(&peers[0].doc);
     let data_dir = server.data_dir.clone();
@@ -108,19 +102,12 @@ async fn run_scenario(seed: u64, n_peers: usize, steps: usize) {
         }
     }
     let tmp = server.stop().await;
-    assert_eq!(
-        reload_text(&data_dir, "rand").await,
-        expected,
-        "seed {seed}: reload differs"
-    );
+    assert_eq!(reload_text(&data_dir, "rand").await, expected, "seed {seed}: reload differs");
     drop(tmp);
 }
 
 fn seeds() -> Vec<u64> {
-    match std::env::var("TANDEM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
+    match std::env::var("TANDEM_SEED").ok().and_then(|s| s.parse().ok()) {
         Some(seed) => vec![seed],
         None => {
             let base = std::time::SystemTime::now()

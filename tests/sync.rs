@@ -151,10 +151,7 @@ async fn room_unloads_after_grace_and_reloads() {
         if body.contains("\"rooms_loaded\":0") {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "room never unloaded: {body}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "room never unloaded: {body}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let b = YClient::join(&server, "doc").await;
@@ -177,21 +174,13 @@ async fn missing_state_vector_entries_give_full_state() {
     a.insert(0, "abc").await;
     a.pump_until(|c| c.updates_received == 1).await;
     let b = YClient::join(&server, "doc").await;
-    assert_eq!(
-        b.doc.transact().state_vector(),
-        a.doc.transact().state_vector()
-    );
+    assert_eq!(b.doc.transact().state_vector(), a.doc.transact().state_vector());
     assert_ne!(b.doc.transact().state_vector(), StateVector::default());
 }
 
 async fn count_log_rows(data_dir: &std::path::Path) -> i64 {
     use sqlx::Connection;
     let url = format!("sqlite://{}?mode=ro", data_dir.join("tandem.db").display());
-    let mut conn = sqlx::SqliteConnection::connect(&url)
-        .await
-        .expect("open db");
-    sqlx::query_scalar("select count(*) from updates")
-        .fetch_one(&mut conn)
-        .await
-        .expect("count")
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open db");
+    sqlx::query_scalar("select count(*) from updates").fetch_one(&mut conn).await.expect("count")
 }

@@ -165,10 +165,7 @@ impl YClient {
             text.push(&mut txn, s);
             txn.encode_update_v1()
         };
-        let _ = self
-            .socket
-            .send(Message::Binary(protocol::sync_update(&update)))
-            .await;
+        let _ = self.socket.send(Message::Binary(protocol::sync_update(&update))).await;
     }
 
     /// Edits offline: changes the local doc without telling anyone.
@@ -180,35 +177,22 @@ impl YClient {
     }
 
     pub async fn set_awareness(&mut self, client_id: u64, clock: u32, json: &str) {
-        let mut update = AwarenessUpdate {
-            clients: Default::default(),
-        };
-        update.clients.insert(
-            ClientID::new(client_id),
-            AwarenessUpdateEntry {
-                clock,
-                json: json.into(),
-            },
-        );
+        let mut update = AwarenessUpdate { clients: Default::default() };
+        update
+            .clients
+            .insert(ClientID::new(client_id), AwarenessUpdateEntry { clock, json: json.into() });
         self.send(protocol::awareness(&update)).await;
     }
 
     pub fn live_awareness(&self) -> Vec<u64> {
-        let mut ids: Vec<u64> = self
-            .awareness
-            .iter()
-            .filter(|(_, (_, j))| j != "null")
-            .map(|(id, _)| *id)
-            .collect();
+        let mut ids: Vec<u64> =
+            self.awareness.iter().filter(|(_, (_, j))| j != "null").map(|(id, _)| *id).collect();
         ids.sort();
         ids
     }
 
     pub async fn send(&mut self, frame: Bytes) {
-        self.socket
-            .send(Message::Binary(frame))
-            .await
-            .expect("send");
+        self.socket.send(Message::Binary(frame)).await.expect("send");
     }
 
     pub async fn send_message(&mut self, msg: Message) {
@@ -227,11 +211,9 @@ impl YClient {
         while !done(self) {
             let left = deadline.saturating_duration_since(Instant::now());
             match timeout(left, self.socket.next()).await {
-                Err(_) => panic!(
-                    "timed out; text is {:?}, awareness {:?}",
-                    self.text(),
-                    self.awareness
-                ),
+                Err(_) => {
+                    panic!("timed out; text is {:?}, awareness {:?}", self.text(), self.awareness)
+                }
                 Ok(None) => panic!("socket ended; closed = {:?}", self.closed),
                 Ok(Some(Err(e))) => panic!("socket error {e}; closed = {:?}", self.closed),
                 Ok(Some(Ok(msg))) => self.handle(msg).await,
@@ -311,10 +293,7 @@ impl YClient {
 
     fn apply(&self, update: &[u8]) {
         let update = Update::decode_v1(update).expect("server sent a valid update");
-        self.doc
-            .transact_mut()
-            .apply_update(update)
-            .expect("update applies");
+        self.doc.transact_mut().apply_update(update).expect("update applies");
     }
 
     pub async fn close(mut self) {
@@ -367,16 +346,31 @@ pub fn encode_sv(doc: &Doc) -> Vec<u8> {
 }
 
 pub async fn http_get(url: &str) -> (u16, String) {
-    // A tiny HTTP/1.1 GET over a raw socket: enough for status codes and small bodies,
-    // without pulling an HTTP client into the build.
+    let response = http(url, "GET", None).await;
+    (response.status, response.body)
+}
+
+pub struct HttpResponse {
+    pub status: u16,
+    /// Status line and header lines, lower-cased.
+    pub headers: String,
+    pub body: String,
+}
+
+/// A tiny HTTP/1.1 client over a raw socket: enough for status codes, headers and small
+/// bodies, without pulling an HTTP client into the build.
+pub async fn http(url: &str, method: &str, json: Option<&str>) -> HttpResponse {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest
-        .split_once('/')
-        .map(|(h, p)| (h, format!("/{p}")))
-        .unwrap_or((rest, "/".into()));
+    let (host, path) =
+        rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
     let mut stream = TcpStream::connect(host).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let body = json.unwrap_or("");
+    let content = if json.is_some() { "Content-Type: application/json\r\n" } else { "" };
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{content}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = Vec::new();
     timeout(WAIT, stream.read_to_end(&mut response))
@@ -384,14 +378,7 @@ pub async fn http_get(url: &str) -> (u16, String) {
         .expect("response in time")
         .expect("read");
     let response = String::from_utf8_lossy(&response).to_string();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    HttpResponse { status, headers: head.to_lowercase(), body: body.to_string() }
 }
