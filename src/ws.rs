@@ -22,6 +22,9 @@ use crate::protocol;
 use crate::room::{Kick, RoomMsg};
 use crate::rooms::Rooms;
 
+/// How long we keep trying to deliver a close frame before dropping the connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How a connection ended, for the one log line and the close frame.
 enum End {
     /// The client closed or vanished; nothing more to send.
@@ -141,8 +144,9 @@ async fn run_peer(
             } else {
                 tracing::warn!(code = kick.code, reason = %kick.reason, "connection closed");
             }
-            // Best effort: a peer that stopped reading does not get to hold us up.
-            let _ = timeout(Duration::from_secs(2), async {
+            // Best effort: the close frame queues behind whatever the peer has not read yet
+            // (a slow consumer may have megabytes buffered), so give it a while, then drop.
+            let _ = timeout(CLOSE_TIMEOUT, async {
                 sink.send(close(&kick)).await?;
                 sink.close().await
             })

@@ -1,0 +1,401 @@
+//! The load engine: many cheap y-websocket clients, pre-encoded updates, latency measured
+//! from send to receipt at every other client in the room.
+//!
+//! A client costs a socket and a few buffers: no `Doc`. Writers' updates are encoded before
+//! the clock starts, each from a small `Doc` holding only that writer's own text (so every
+//! update is a valid Yjs update for any server), and each carries a marker `~W<writer>.S<seq>~`
+//! in its text, which observers find in the raw frame without decoding it. Any server that
+//! relays the update's content (as is or re-encoded) keeps the marker intact.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Barrier, Mutex, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
+use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
+use yrs::{ClientID, Doc, Text, Transact};
+
+use crate::proc;
+
+/// What to run against.
+#[derive(Clone)]
+pub struct Target {
+    pub label: String,
+    /// WebSocket URL with `{room}` where the document name goes.
+    pub url: String,
+    /// y-sweet needs each document created over HTTP first: `http://host:port`.
+    pub ysweet: Option<String>,
+    pub pid: Option<u32>,
+}
+
+impl Target {
+    pub fn room_url(&self, room: &str) -> String {
+        self.url.replace("{room}", room)
+    }
+
+    pub async fn prepare_room(&self, room: &str) -> anyhow::Result<()> {
+        if let Some(base) = &self.ysweet {
+            let body = format!(r#"{{"docId":"{room}"}}"#);
+            crate::http_post(&format!("{base}/doc/new"), &body).await?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    Doc,
+    Awareness,
+}
+
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub name: String,
+    pub rooms: usize,
+    pub clients_per_room: usize,
+    pub writers_per_room: usize,
+    /// Updates per second per writer.
+    pub rate: f64,
+    pub duration: Duration,
+    pub kind: Kind,
+    /// Approximate update payload size (text inserted per update).
+    pub update_bytes: usize,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct Outcome {
+    pub workload: String,
+    pub server: String,
+    pub clients: usize,
+    pub connect_secs: f64,
+    pub sent: u64,
+    pub expected: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub errors: u64,
+    pub deliveries_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub cpu_secs: f64,
+    pub cpu_ms_per_1k: f64,
+    pub peak_rss_mb: f64,
+    /// Free-form extra figures (memory per connection, sync times, ...).
+    pub note: String,
+}
+
+struct Shared {
+    start: Instant,
+    /// Send time (ns since start, +1 so 0 means "not sent") per writer and seq.
+    sent_at: Vec<Vec<AtomicU64>>,
+    delivered: AtomicU64,
+    errors: AtomicU64,
+    latencies: Mutex<Vec<u32>>,
+}
+
+const MARK: &[u8] = b"~W";
+
+/// Finds every `~W<w>.S<s>~` marker in a frame.
+fn markers(frame: &[u8], mut each: impl FnMut(usize, usize)) {
+    let mut i = 0;
+    while i + 2 < frame.len() {
+        if &frame[i..i + 2] != MARK {
+            i += 1;
+            continue;
+        }
+        let mut j = i + 2;
+        let mut w = 0usize;
+        while j < frame.len() && frame[j].is_ascii_digit() {
+            w = w * 10 + (frame[j] - b'0') as usize;
+            j += 1;
+        }
+        if frame.get(j) == Some(&b'.') && frame.get(j + 1) == Some(&b'S') {
+            j += 2;
+            let mut s = 0usize;
+            while j < frame.len() && frame[j].is_ascii_digit() {
+                s = s * 10 + (frame[j] - b'0') as usize;
+                j += 1;
+            }
+            if frame.get(j) == Some(&b'~') {
+                each(w, s);
+            }
+        }
+        i = j.max(i + 1);
+    }
+}
+
+/// Pre-encodes `n` frames for writer `w`.
+pub fn encode_frames(kind: Kind, w: usize, n: usize, update_bytes: usize) -> Vec<Bytes> {
+    match kind {
+        Kind::Doc => {
+            let doc = Doc::with_client_id(1_000_000 + w as u64);
+            let text = doc.get_or_insert_text("t");
+            (0..n)
+                .map(|s| {
+                    let mut chunk = format!("~W{w}.S{s}~");
+                    while chunk.len() < update_bytes {
+                        chunk.push('x');
+                    }
+                    let mut txn = doc.transact_mut();
+                    let len = text.len(&txn);
+                    text.insert(&mut txn, len, &chunk);
+                    tandem::protocol::sync_update(&txn.encode_update_v1())
+                })
+                .collect()
+        }
+        Kind::Awareness => (0..n)
+            .map(|s| {
+                let mut update = AwarenessUpdate { clients: Default::default() };
+                let json = format!(
+                    r##"{{"user":{{"name":"bench {w}","color":"#2e86de"}},"cursor":"~W{w}.S{s}~"}}"##
+                );
+                let entry = AwarenessUpdateEntry { clock: s as u32 + 1, json: json.into() };
+                update.clients.insert(ClientID::new(5_000_000 + w as u64), entry);
+                tandem::protocol::awareness(&update)
+            })
+            .collect(),
+    }
+}
+
+/// Empty state vector SyncStep1: "send me everything".
+pub const EMPTY_STEP1: [u8; 4] = [0, 0, 1, 0];
+
+pub fn is_step2(frame: &[u8]) -> bool {
+    frame.len() >= 2 && frame[0] == 0 && frame[1] == 1
+}
+
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects and waits for the server's SyncStep2 answering our empty SyncStep1.
+/// Returns the socket and the size of that SyncStep2.
+pub async fn connect_synced(url: &str) -> anyhow::Result<(Socket, usize)> {
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+    socket.send(Message::Binary(Bytes::from_static(&EMPTY_STEP1))).await?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), socket.next()).await {
+            Ok(Some(Ok(Message::Binary(frame)))) if is_step2(&frame) => {
+                return Ok((socket, frame.len()));
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => return Err(e.into()),
+            Ok(None) => anyhow::bail!("closed before sync"),
+            Err(_) => anyhow::bail!("no SyncStep2 within 60 s"),
+        }
+    }
+}
+
+pub async fn run(target: &Target, spec: &Spec) -> anyhow::Result<Outcome> {
+    let n_writers = spec.rooms * spec.writers_per_room;
+    let per_writer = (spec.rate * spec.duration.as_secs_f64()).round().max(1.0) as usize;
+    let frames: Vec<Arc<Vec<Bytes>>> = (0..n_writers)
+        .map(|w| Arc::new(encode_frames(spec.kind, w, per_writer, spec.update_bytes)))
+        .collect();
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        sent_at: (0..n_writers)
+            .map(|_| (0..per_writer).map(|_| AtomicU64::new(0)).collect())
+            .collect(),
+        delivered: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        latencies: Mutex::new(Vec::new()),
+    });
+    for r in 0..spec.rooms {
+        target.prepare_room(&room_name(&spec.name, r)).await?;
+    }
+
+    let n_clients = spec.rooms * spec.clients_per_room;
+    let ready = Arc::new(Barrier::new(n_clients + 1));
+    let go = Arc::new(Barrier::new(n_clients + 1));
+    let connecting = Arc::new(Semaphore::new(256));
+    let connect_started = Instant::now();
+    let mut tasks = Vec::with_capacity(n_clients);
+    for r in 0..spec.rooms {
+        for c in 0..spec.clients_per_room {
+            let writer = (c < spec.writers_per_room).then(|| r * spec.writers_per_room + c);
+            let url = target.room_url(&room_name(&spec.name, r));
+            let frames = writer.map(|w| frames[w].clone());
+            let (shared, ready, go, connecting) =
+                (shared.clone(), ready.clone(), go.clone(), connecting.clone());
+            let (rate, duration) = (spec.rate, spec.duration);
+            tasks.push(tokio::spawn(async move {
+                let socket = {
+                    let _permit = connecting.acquire().await;
+                    connect_synced(&url).await
+                };
+                ready.wait().await;
+                let socket = match socket {
+                    Ok((s, _)) => s,
+                    Err(_) => {
+                        shared.errors.fetch_add(1, Ordering::Relaxed);
+                        go.wait().await;
+                        return;
+                    }
+                };
+                go.wait().await;
+                client(socket, writer, frames, rate, duration, shared).await;
+            }));
+        }
+    }
+    ready.wait().await;
+    let connect_secs = connect_started.elapsed().as_secs_f64();
+    let cpu_before = target.pid.and_then(proc::cpu_seconds).unwrap_or(0.0);
+    let rss = proc::RssSampler::start(target.pid);
+    let started = Instant::now();
+    go.wait().await;
+    for task in tasks {
+        let _ = task.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = target.pid.and_then(proc::cpu_seconds).unwrap_or(0.0) - cpu_before;
+    let peak_rss = rss.finish().await;
+
+    let sent: u64 =
+        shared.sent_at.iter().flatten().filter(|t| t.load(Ordering::Relaxed) > 0).count() as u64;
+    let expected = sent * (spec.clients_per_room as u64 - 1);
+    let delivered = shared.delivered.load(Ordering::Relaxed);
+    let mut latencies = std::mem::take(&mut *shared.latencies.lock().await);
+    latencies.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+        latencies[i] as f64 / 1000.0
+    };
+    // Throughput over the sending window (drain time excluded, so slow servers are not
+    // flattered by a long tail and fast ones not penalised by the fixed drain wait).
+    let window = spec.duration.as_secs_f64().max(0.001).min(elapsed);
+    Ok(Outcome {
+        workload: spec.name.clone(),
+        server: target.label.clone(),
+        clients: n_clients,
+        connect_secs,
+        sent,
+        expected,
+        delivered,
+        lost: expected.saturating_sub(delivered),
+        errors: shared.errors.load(Ordering::Relaxed),
+        deliveries_per_sec: delivered as f64 / window,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        max_ms: latencies.last().map_or(0.0, |&l| l as f64 / 1000.0),
+        cpu_secs: cpu,
+        cpu_ms_per_1k: if delivered > 0 { cpu * 1000.0 / (delivered as f64 / 1000.0) } else { 0.0 },
+        peak_rss_mb: peak_rss as f64 / 1_048_576.0,
+        note: String::new(),
+    })
+}
+
+pub fn room_name(workload: &str, r: usize) -> String {
+    format!("bench-{workload}-{r}")
+}
+
+/// One client: writes its frames at `rate` (if a writer) while reading everything, then
+/// keeps reading until the room has gone quiet.
+async fn client(
+    socket: Socket,
+    writer: Option<usize>,
+    frames: Option<Arc<Vec<Bytes>>>,
+    rate: f64,
+    duration: Duration,
+    shared: Arc<Shared>,
+) {
+    let (mut sink, mut stream) = socket.split();
+    let shared_reader = shared.clone();
+    let reader = tokio::spawn(async move {
+        let mut local = Vec::new();
+        let mut delivered = 0u64;
+        let quiet = Duration::from_secs(3);
+        let hard_stop = Instant::now() + duration + Duration::from_secs(20);
+        loop {
+            let wait = if Instant::now() > hard_stop { Duration::ZERO } else { quiet };
+            let msg = match tokio::time::timeout(wait, stream.next()).await {
+                Ok(Some(Ok(msg))) => msg,
+                Ok(Some(Err(_))) | Ok(None) => {
+                    shared_reader.errors.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                // Quiet for 3 s after the sending window: everything that will arrive has.
+                Err(_) if shared_reader.start.elapsed() > duration => break,
+                Err(_) => continue,
+            };
+            let Message::Binary(frame) = msg else { continue };
+            let now = shared_reader.start.elapsed().as_nanos() as u64;
+            markers(&frame, |w, s| {
+                if Some(w) == writer {
+                    return; // our own echo
+                }
+                let sent = shared_reader
+                    .sent_at
+                    .get(w)
+                    .and_then(|v| v.get(s))
+                    .map_or(0, |t| t.load(Ordering::Relaxed));
+                if sent > 0 {
+                    delivered += 1;
+                    local.push(((now.saturating_sub(sent - 1)) / 1000).min(u32::MAX as u64) as u32);
+                }
+            });
+        }
+        shared_reader.delivered.fetch_add(delivered, Ordering::Relaxed);
+        shared_reader.latencies.lock().await.extend(local);
+        stream
+    });
+    if let (Some(w), Some(frames)) = (writer, frames) {
+        // Writers start at a random phase so a room's writers do not tick in lockstep.
+        let period = Duration::from_secs_f64(1.0 / rate);
+        tokio::time::sleep(period.mul_f64(fastrand_unit(w))).await;
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        for (s, frame) in frames.iter().enumerate() {
+            tick.tick().await;
+            shared.sent_at[w][s]
+                .store(shared.start.elapsed().as_nanos() as u64 + 1, Ordering::Relaxed);
+            if sink.send(Message::Binary(frame.clone())).await.is_err() {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        }
+    } else {
+        tokio::time::sleep(duration).await;
+    }
+    if let Ok(stream) = reader.await
+        && let Ok(mut socket) = sink.reunite(stream)
+    {
+        let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(None)).await;
+    }
+}
+
+/// A deterministic pseudo-random number in [0, 1) per writer.
+fn fastrand_unit(w: usize) -> f64 {
+    let x = (w as u64).wrapping_mul(0x9E3779B97F4A7C15) >> 11;
+    x as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_markers() {
+        let mut found = Vec::new();
+        markers(b"xx~W12.S345~yy~W1.S2~~W9.S", |w, s| found.push((w, s)));
+        assert_eq!(found, vec![(12, 345), (1, 2)]);
+    }
+
+    #[test]
+    fn encoded_frames_carry_markers() {
+        for kind in [Kind::Doc, Kind::Awareness] {
+            let frames = encode_frames(kind, 7, 3, 40);
+            let mut found = Vec::new();
+            for f in &frames {
+                markers(f, |w, s| found.push((w, s)));
+            }
+            assert_eq!(found, vec![(7, 0), (7, 1), (7, 2)], "{kind:?}");
+        }
+    }
+}

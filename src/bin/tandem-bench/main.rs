@@ -1,0 +1,270 @@
+//! `tandem-bench`: a load generator for any y-websocket server, plus the bare-relay
+//! ceiling and the raw SQLite ceiling. See BENCHMARKS.md for how the comparison is run.
+//!
+//! ```text
+//! tandem-bench run --label tandem --url 'ws://127.0.0.1:8080/ws/{room}' --pid 1234 --workloads fanout,typing
+//! tandem-bench relay --listen 127.0.0.1:9000
+//! tandem-bench report results/*.json
+//! ```
+
+mod load;
+mod proc;
+mod relay;
+mod special;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use load::{Kind, Outcome, Spec, Target};
+
+#[derive(Parser)]
+#[command(name = "tandem-bench", about = "Load generator for y-websocket servers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run workloads against a server.
+    Run {
+        /// Server name for the tables.
+        #[arg(long)]
+        label: String,
+        /// WebSocket URL; `{room}` is replaced by the document name.
+        #[arg(long)]
+        url: String,
+        /// Server process id, for CPU time and RSS from /proc.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// y-sweet: create each document at this HTTP base first.
+        #[arg(long)]
+        ysweet: Option<String>,
+        /// Comma-separated: fanout,fanout-wide,typing,rooms,presence,idle,storm,durable,populate,cold
+        #[arg(long, default_value = "fanout,fanout-wide,typing,rooms,presence")]
+        workloads: String,
+        /// Multiplies client and room counts (1.0 = the sizes in BENCHMARKS.md).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Sending window per workload, seconds.
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+        /// Append results (JSON lines) to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Label for the cold-load figure (e.g. "cold-load, log only").
+        #[arg(long, default_value = "cold-load")]
+        cold_label: String,
+    },
+    /// The ceiling: a bare WebSocket relay without CRDT or storage.
+    Relay {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
+    /// Raw SQLite insert rate with Tandem's settings.
+    Sqlite {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Print markdown tables (with ratios to the reference server) from JSON-lines results.
+    Report { files: Vec<PathBuf> },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Relay { listen } => relay::serve(&listen).await,
+        Command::Sqlite { dir, secs, json } => {
+            let results = special::sqlite_ceiling(&dir, secs).await?;
+            emit(&results, json.as_ref())
+        }
+        Command::Report { files } => report(&files),
+        Command::Run { label, url, pid, ysweet, workloads, scale, secs, json, cold_label } => {
+            let target = Target { label, url, ysweet, pid };
+            let n = |x: usize| ((x as f64 * scale).round() as usize).max(2);
+            let duration = Duration::from_secs_f64(secs);
+            for workload in workloads.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+                let spec = |name: &str, rooms, clients, writers, rate, kind| Spec {
+                    name: name.into(),
+                    rooms,
+                    clients_per_room: clients,
+                    writers_per_room: writers,
+                    rate,
+                    duration,
+                    kind,
+                    update_bytes: 32,
+                };
+                let result = match workload {
+                    "fanout" => {
+                        load::run(&target, &spec("fanout", 1, n(100) + 1, 1, 1000.0, Kind::Doc))
+                            .await
+                    }
+                    "fanout-wide" => {
+                        load::run(&target, &spec("fanout-wide", 1, n(1500) + 1, 1, 20.0, Kind::Doc))
+                            .await
+                    }
+                    "typing" => {
+                        let c = n(100);
+                        load::run(&target, &spec("typing", 1, c, c, 10.0, Kind::Doc)).await
+                    }
+                    "rooms" => {
+                        load::run(&target, &spec("rooms", n(1000), 2, 2, 1.0, Kind::Doc)).await
+                    }
+                    "presence" => {
+                        let c = n(500);
+                        load::run(&target, &spec("presence", 1, c, c, 1.0, Kind::Awareness)).await
+                    }
+                    "idle" => special::idle(&target, n(1000), 10).await,
+                    "storm" => {
+                        special::join_storm(
+                            &target,
+                            ((20.0 * scale).ceil() as usize).max(1),
+                            n(150),
+                        )
+                        .await
+                    }
+                    "durable" => special::durable(&target, secs.min(5.0)).await,
+                    "populate" => special::populate_log(&target, n(100_000)).await,
+                    "cold" => special::cold_load(&target, &cold_label).await,
+                    other => anyhow::bail!("unknown workload {other}"),
+                };
+                match result {
+                    Ok(outcome) => emit(&[outcome], json.as_ref())?,
+                    Err(e) => {
+                        eprintln!("{workload} against {}: {e:#}", target.label);
+                        let failed = Outcome {
+                            workload: workload.into(),
+                            server: target.label.clone(),
+                            errors: 1,
+                            note: format!("failed: {e:#}"),
+                            ..Default::default()
+                        };
+                        emit(&[failed], json.as_ref())?;
+                    }
+                }
+                // Let the server settle (close handshakes, room unloads) between workloads.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn emit(results: &[Outcome], json: Option<&PathBuf>) -> anyhow::Result<()> {
+    print_table(results);
+    if let Some(path) = json {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        for r in results {
+            writeln!(file, "{}", serde_json::to_string(r)?)?;
+        }
+    }
+    Ok(())
+}
+
+const HEADER: &str = "| server | clients | deliveries/s | p50 ms | p99 ms | max ms | CPU ms per 1k deliveries | peak RSS MiB | lost | errors |";
+
+fn row(r: &Outcome) -> String {
+    format!(
+        "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} |",
+        r.server,
+        r.clients,
+        r.deliveries_per_sec,
+        r.p50_ms,
+        r.p99_ms,
+        r.max_ms,
+        r.cpu_ms_per_1k,
+        r.peak_rss_mb,
+        r.lost,
+        r.errors
+    )
+}
+
+fn print_table(results: &[Outcome]) {
+    for r in results {
+        println!(
+            "\n### {}\n\n{HEADER}\n|---|---|---|---|---|---|---|---|---|---|\n{}",
+            r.workload,
+            row(r)
+        );
+        if !r.note.is_empty() {
+            println!("\n{}", r.note);
+        }
+    }
+}
+
+/// One table per workload with every server, and ratios against the reference server.
+fn report(files: &[PathBuf]) -> anyhow::Result<()> {
+    let mut all: Vec<Outcome> = Vec::new();
+    for file in files {
+        for line in std::fs::read_to_string(file)?.lines().filter(|l| !l.trim().is_empty()) {
+            all.push(serde_json::from_str(line)?);
+        }
+    }
+    let mut workloads: Vec<String> = Vec::new();
+    for r in &all {
+        if !workloads.contains(&r.workload) {
+            workloads.push(r.workload.clone());
+        }
+    }
+    for workload in workloads {
+        let rows: Vec<&Outcome> = all.iter().filter(|r| r.workload == workload).collect();
+        println!("\n### {workload}\n\n{HEADER}\n|---|---|---|---|---|---|---|---|---|---|");
+        for r in &rows {
+            println!("{}", row(r));
+        }
+        for r in &rows {
+            if !r.note.is_empty() {
+                println!("\n- {}: {}", r.server, r.note);
+            }
+        }
+        let find = |prefix: &str| rows.iter().find(|r| r.server.starts_with(prefix));
+        if let (Some(t), Some(node)) = (find("tandem"), find("node"))
+            && node.deliveries_per_sec > 0.0
+            && node.p99_ms > 0.0
+        {
+            println!(
+                "\n- tandem / node: {:.2}× deliveries/s, {:.2}× p99 latency, {:.2}× CPU per delivery",
+                t.deliveries_per_sec / node.deliveries_per_sec,
+                t.p99_ms / node.p99_ms,
+                if node.cpu_ms_per_1k > 0.0 { t.cpu_ms_per_1k / node.cpu_ms_per_1k } else { 0.0 }
+            );
+        }
+        if let (Some(t), Some(relay)) = (find("tandem"), find("relay"))
+            && relay.deliveries_per_sec > 0.0
+            && relay.cpu_ms_per_1k > 0.0
+        {
+            println!(
+                "- tandem / relay ceiling: {:.0}% of deliveries/s, {:.2}× CPU per delivery",
+                100.0 * t.deliveries_per_sec / relay.deliveries_per_sec,
+                t.cpu_ms_per_1k / relay.cpu_ms_per_1k
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Minimal HTTP POST (JSON) for y-sweet's document creation.
+pub async fn http_post(url: &str, json: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("http:// only"))?;
+    let (host, path) =
+        rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+        json.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    if !response.starts_with("HTTP/1.1 2") {
+        anyhow::bail!("POST {url}: {}", response.lines().next().unwrap_or(""));
+    }
+    Ok(response)
+}

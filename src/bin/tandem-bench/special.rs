@@ -1,0 +1,264 @@
+//! Workloads that are not "writers and observers": idle memory, join storm, durable
+//! throughput, cold load, and the raw SQLite ceiling.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::load::{Kind, Outcome, Target, connect_synced, encode_frames, room_name};
+use crate::proc;
+
+fn outcome(target: &Target, workload: &str) -> Outcome {
+    Outcome { workload: workload.into(), server: target.label.clone(), ..Default::default() }
+}
+
+async fn connect_many(target: &Target, urls: Vec<String>) -> (Vec<crate::load::Socket>, u64) {
+    let gate = Arc::new(Semaphore::new(256));
+    let tasks: Vec<_> = urls
+        .into_iter()
+        .map(|url| {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let _permit = gate.acquire().await;
+                connect_synced(&url).await.map(|(s, _)| s)
+            })
+        })
+        .collect();
+    let mut sockets = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(s)) => sockets.push(s),
+            _ => errors += 1,
+        }
+    }
+    let _ = target;
+    (sockets, errors)
+}
+
+/// Memory of idle connections: `rooms` rooms with one client each, then `per_room` each.
+pub async fn idle(target: &Target, rooms: usize, per_room: usize) -> anyhow::Result<Outcome> {
+    let mut out = outcome(target, "idle-memory");
+    for r in 0..rooms {
+        target.prepare_room(&room_name("idle", r)).await?;
+    }
+    let pid = target.pid;
+    let base = pid.and_then(proc::rss_bytes).unwrap_or(0);
+    let started = Instant::now();
+    let urls = (0..rooms).map(|r| target.room_url(&room_name("idle", r))).collect();
+    let (first, e1) = connect_many(target, urls).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let with_rooms = pid.and_then(proc::rss_bytes).unwrap_or(0);
+    let urls = (0..rooms)
+        .flat_map(|r| std::iter::repeat_n(target.room_url(&room_name("idle", r)), per_room - 1))
+        .collect();
+    let (rest, e2) = connect_many(target, urls).await;
+    out.connect_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let full = pid.and_then(proc::rss_bytes).unwrap_or(0);
+    out.clients = first.len() + rest.len();
+    out.errors = e1 + e2;
+    out.peak_rss_mb = full as f64 / 1_048_576.0;
+    let per_conn = (full.saturating_sub(with_rooms)) as f64 / rest.len().max(1) as f64;
+    let per_room = (with_rooms.saturating_sub(base)) as f64 / rooms as f64 - per_conn;
+    out.note = format!(
+        "{} idle connections in {rooms} rooms: {:.1} KiB per connection, {:.1} KiB per room (beyond its first connection)",
+        out.clients,
+        per_conn / 1024.0,
+        per_room.max(0.0) / 1024.0
+    );
+    drop((first, rest));
+    Ok(out)
+}
+
+/// Loads one document with `mb` MiB of text history, in `chunk`-byte updates, pipelined.
+async fn populate(url: &str, mb: usize, chunk: usize) -> anyhow::Result<usize> {
+    let n = (mb * 1024 * 1024).div_ceil(chunk);
+    let frames = encode_frames(Kind::Doc, 0, n, chunk);
+    write_pipelined(url, &frames, 32).await?;
+    Ok(n)
+}
+
+/// Sends every frame keeping at most `window` unacknowledged (echoes count as acks).
+/// Returns the seconds it took until the last echo.
+async fn write_pipelined(url: &str, frames: &[Bytes], window: usize) -> anyhow::Result<f64> {
+    let (socket, _) = connect_synced(url).await?;
+    let (mut sink, mut stream) = socket.split();
+    let started = Instant::now();
+    let (mut sent, mut acked) = (0usize, 0usize);
+    while acked < frames.len() {
+        while sent < frames.len() && sent - acked < window {
+            sink.send(Message::Binary(frames[sent].clone())).await?;
+            sent += 1;
+        }
+        match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+            Ok(Some(Ok(Message::Binary(f)))) if f.len() > 2 && f[0] == 0 && f[1] == 2 => acked += 1,
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => return Err(e.into()),
+            Ok(None) => anyhow::bail!("closed after {acked} acks"),
+            Err(_) => anyhow::bail!("no echo in 30 s after {acked} acks: does this server echo?"),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let mut socket = sink.reunite(stream).map_err(|_| anyhow::anyhow!("reunite"))?;
+    let _ = socket.close(None).await;
+    Ok(secs)
+}
+
+/// 150 clients join one large document at once.
+pub async fn join_storm(target: &Target, mb: usize, joiners: usize) -> anyhow::Result<Outcome> {
+    let mut out = outcome(target, "join-storm");
+    let room = room_name("storm", 0);
+    target.prepare_room(&room).await?;
+    let url = target.room_url(&room);
+    populate(&url, mb, 64 * 1024).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = target.pid.and_then(proc::rss_bytes).unwrap_or(0);
+    let rss = proc::RssSampler::start(target.pid);
+    let cpu_before = target.pid.and_then(proc::cpu_seconds).unwrap_or(0.0);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..joiners)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                connect_synced(&url).await.map(|(s, size)| (s, size, t.elapsed()))
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    let mut sizes = Vec::new();
+    let mut sockets = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok(Ok((s, size, t))) => {
+                sockets.push(s);
+                sizes.push(size);
+                times.push(t.as_secs_f64() * 1000.0);
+            }
+            _ => out.errors += 1,
+        }
+    }
+    let all_synced = started.elapsed().as_secs_f64();
+    out.cpu_secs = target.pid.and_then(proc::cpu_seconds).unwrap_or(0.0) - cpu_before;
+    out.peak_rss_mb = rss.finish().await as f64 / 1_048_576.0;
+    times.sort_by(f64::total_cmp);
+    out.clients = joiners;
+    out.p50_ms = times.get(times.len() / 2).copied().unwrap_or(0.0);
+    out.p99_ms = times.get(times.len() * 99 / 100).copied().unwrap_or(0.0);
+    out.max_ms = times.last().copied().unwrap_or(0.0);
+    let full = sizes.iter().max().copied().unwrap_or(0);
+    out.note = format!(
+        "{mb} MiB of history; all {} synced in {all_synced:.2} s; full state {:.1} MiB; RSS {:.0} MiB before the storm",
+        sockets.len(),
+        full as f64 / 1_048_576.0,
+        before as f64 / 1_048_576.0
+    );
+    Ok(out)
+}
+
+/// The most durable (echoed) updates per second one room sustains.
+pub async fn durable(target: &Target, secs: f64) -> anyhow::Result<Outcome> {
+    let mut out = outcome(target, "durable-throughput");
+    let room = room_name("durable", 0);
+    target.prepare_room(&room).await?;
+    let n = (secs * 40_000.0) as usize;
+    let frames = encode_frames(Kind::Doc, 0, n, 32);
+    let cpu_before = target.pid.and_then(proc::cpu_seconds).unwrap_or(0.0);
+    let rss = proc::RssSampler::start(target.pid);
+    let url = target.room_url(&room);
+    // Stop after `secs` worth: run the whole set but time-box it.
+    let took = tokio::time::timeout(
+        Duration::from_secs_f64(secs * 4.0),
+        write_pipelined(&url, &frames, 256),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("durable run exceeded its time box"))??;
+    out.cpu_secs = target.pid.and_then(proc::cpu_seconds).unwrap_or(0.0) - cpu_before;
+    out.peak_rss_mb = rss.finish().await as f64 / 1_048_576.0;
+    out.sent = n as u64;
+    out.delivered = n as u64;
+    out.deliveries_per_sec = n as f64 / took;
+    out.cpu_ms_per_1k = out.cpu_secs * 1000.0 / (n as f64 / 1000.0);
+    out.note = format!("{n} updates acknowledged (echoed) in {took:.2} s, 256 in flight");
+    Ok(out)
+}
+
+/// Writes `n` small updates into a document (for the cold-load measurement).
+pub async fn populate_log(target: &Target, n: usize) -> anyhow::Result<Outcome> {
+    let mut out = outcome(target, "populate");
+    let room = room_name("cold", 0);
+    target.prepare_room(&room).await?;
+    let frames = encode_frames(Kind::Doc, 0, n, 24);
+    let took = write_pipelined(&target.room_url(&room), &frames, 256).await?;
+    out.sent = n as u64;
+    out.note = format!("{n} updates written in {took:.2} s");
+    Ok(out)
+}
+
+/// Time from connect to the first SyncStep2 for the populated document.
+pub async fn cold_load(target: &Target, label: &str) -> anyhow::Result<Outcome> {
+    let mut out = outcome(target, label);
+    let started = Instant::now();
+    let (_socket, size) = connect_synced(&target.room_url(&room_name("cold", 0))).await?;
+    out.max_ms = started.elapsed().as_secs_f64() * 1000.0;
+    out.p50_ms = out.max_ms;
+    out.peak_rss_mb = target.pid.and_then(proc::rss_bytes).unwrap_or(0) as f64 / 1_048_576.0;
+    out.note = format!("first sync {:.0} ms, state {:.1} KiB", out.max_ms, size as f64 / 1024.0);
+    Ok(out)
+}
+
+/// Raw SQLite insert ceiling on this machine with Tandem's settings (WAL, synchronous=FULL):
+/// one row per transaction, and 256 rows per transaction.
+pub async fn sqlite_ceiling(dir: &std::path::Path, secs: f64) -> anyhow::Result<Vec<Outcome>> {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+    use sqlx::{ConnectOptions, Connection};
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("ceiling.db");
+    let _ = std::fs::remove_file(&path);
+    let mut conn = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .connect()
+        .await?;
+    sqlx::query("create table updates (doc text not null, seq integer not null, data blob not null, primary key (doc, seq)) without rowid")
+        .execute(&mut conn)
+        .await?;
+    let row = vec![7u8; 40];
+    let mut results = Vec::new();
+    let mut seq = 0i64;
+    for per_txn in [1usize, 256] {
+        let started = Instant::now();
+        let mut rows = 0u64;
+        while started.elapsed().as_secs_f64() < secs {
+            let mut tx = conn.begin().await?;
+            for _ in 0..per_txn {
+                seq += 1;
+                sqlx::query("insert into updates (doc, seq, data) values ('d', ?, ?)")
+                    .bind(seq)
+                    .bind(&row)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            rows += per_txn as u64;
+        }
+        let rate = rows as f64 / started.elapsed().as_secs_f64();
+        results.push(Outcome {
+            workload: "durable-throughput".into(),
+            server: format!("sqlite ceiling, {per_txn} row(s)/txn"),
+            sent: rows,
+            delivered: rows,
+            deliveries_per_sec: rate,
+            note: format!("raw sqlx inserts, WAL, synchronous=FULL, {per_txn} per commit"),
+            ..Default::default()
+        });
+    }
+    Ok(results)
+}
