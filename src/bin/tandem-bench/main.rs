@@ -134,11 +134,16 @@ async fn main() -> anyhow::Result<()> {
                     other => anyhow::bail!("unknown workload {other}"),
                 };
                 match result {
-                    Ok(outcome) => emit(&[outcome], json.as_ref())?,
+                    Ok(mut outcome) => {
+                        if !outcome.workload.starts_with("cold-load") {
+                            outcome.workload = title(workload, scale);
+                        }
+                        emit(&[outcome], json.as_ref())?
+                    }
                     Err(e) => {
                         eprintln!("{workload} against {}: {e:#}", target.label);
                         let failed = Outcome {
-                            workload: workload.into(),
+                            workload: title(workload, scale),
                             server: target.label.clone(),
                             errors: 1,
                             note: format!("failed: {e:#}"),
@@ -152,6 +157,27 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// The heading a workload's table gets (sizes at the given scale).
+fn title(workload: &str, scale: f64) -> String {
+    let n = |x: usize| ((x as f64 * scale).round() as usize).max(2);
+    match workload {
+        "fanout" => format!("1. fan-out: 1 writer at 1,000 updates/s, {} observers", n(100)),
+        "fanout-wide" => {
+            format!("1b. wide fan-out: 1 writer at 20 updates/s, {} observers", n(1500))
+        }
+        "typing" => format!("2. everyone types: 1 room x {} clients x 10 updates/s", n(100)),
+        "rooms" => format!("3. many rooms: {} rooms x 2 clients x 1 update/s", n(1000)),
+        "presence" => {
+            format!("4. presence: {} clients in one room, 1 awareness update/s each", n(500))
+        }
+        "idle" => format!("5. memory: {} rooms x 10 idle connections", n(1000)),
+        "storm" => format!("6. join storm: {} clients join a large document at once", n(150)),
+        "durable" => "7b. durable throughput: one room, one writer, 256 in flight".into(),
+        "populate" => "7a. populate: writing the log for the cold load".into(),
+        other => other.into(),
     }
 }
 

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The full comparison: the same workloads, in one run, against Tandem (release), the
+# reference Node server (@y/websocket-server), y-sweet, and the bare-relay ceiling, each
+# started fresh on loopback for every workload. Writes bench-results/<stamp>/ with the raw
+# JSON lines, versions and report.md (the tables that go into BENCHMARKS.md).
+#
+#   bench/compare.sh                      # everything, full sizes (~15 min on 2 cores)
+#   SCALE=0.2 SECS=5 bench/compare.sh     # smaller and quicker
+#   SERVERS="tandem relay" bench/compare.sh
+#
+# Needs: Rust, Node 18+/npm; y-sweet is installed from crates.io on first use
+# (cargo install y-sweet --root bench/.tools, several minutes; SERVERS without ysweet skips it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SCALE=${SCALE:-1}
+SECS=${SECS:-10}
+WORKLOADS=${WORKLOADS:-fanout,fanout-wide,typing,rooms,presence,idle,storm,durable}
+SERVERS=${SERVERS:-tandem node ysweet relay}
+out="bench-results/$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$out"
+json="$out/results.jsonl"
+
+cargo build --release --bins
+BENCH=target/release/tandem-bench
+(cd bench/node && npm ci --no-audit --no-fund --silent)
+if [[ " $SERVERS " == *" ysweet "* ]] && [ ! -x bench/.tools/bin/y-sweet ]; then
+  cargo install y-sweet --root bench/.tools
+fi
+
+{
+  echo "date: $(date -u +%FT%TZ)"
+  echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  echo "kernel: $(uname -r)"
+  echo "tandem: $(git rev-parse --short HEAD) (release build, --sync full)"
+  echo "node: $(node --version), @y/websocket-server $(node -p "require('./bench/node/node_modules/@y/websocket-server/package.json').version") (in-memory, no persistence)"
+  [ -x bench/.tools/bin/y-sweet ] && echo "y-sweet: $(bench/.tools/bin/y-sweet --version 2>/dev/null || echo '?') (local directory store)"
+  echo "scale: $SCALE, sending window: ${SECS}s"
+} | tee "$out/versions.txt"
+
+PORT=18400
+PID=""
+start() { # label -> sets URL, PID, EXTRA
+  local label=$1 data="$out/data-$1-$RANDOM"
+  PORT=$((PORT + 1))
+  EXTRA=()
+  case $label in
+    tandem)
+      target/release/tandem --listen "127.0.0.1:$PORT" --data-dir "$data" --web-dir= >"$out/$label.log" 2>&1 &
+      URL="ws://127.0.0.1:$PORT/ws/{room}" ;;
+    node)
+      HOST=127.0.0.1 PORT=$PORT node bench/node/node_modules/@y/websocket-server/src/server.js >"$out/$label.log" 2>&1 &
+      URL="ws://127.0.0.1:$PORT/{room}" ;;
+    ysweet)
+      mkdir -p "$data"
+      bench/.tools/bin/y-sweet serve "$data" --host 127.0.0.1 --port "$PORT" >"$out/$label.log" 2>&1 &
+      URL="ws://127.0.0.1:$PORT/doc/ws/{room}"
+      EXTRA=(--ysweet "http://127.0.0.1:$PORT") ;;
+    relay)
+      $BENCH relay --listen "127.0.0.1:$PORT" >"$out/$label.log" 2>&1 &
+      URL="ws://127.0.0.1:$PORT/{room}" ;;
+  esac
+  PID=$!
+  for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "$label did not start"; cat "$out/$label.log"; return 1
+}
+stop() { kill -TERM "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
+
+IFS=, read -ra LIST <<<"$WORKLOADS"
+for workload in "${LIST[@]}"; do
+  for server in $SERVERS; do
+    # The relay keeps no documents: a join storm or durability figure means nothing there.
+    if [ "$server" = relay ] && [[ "$workload" == storm || "$workload" == durable ]]; then continue; fi
+    echo "== $workload on $server"
+    start "$server"
+    $BENCH run --label "$server" --url "$URL" --pid "$PID" "${EXTRA[@]}" \
+      --workloads "$workload" --scale "$SCALE" --secs "$SECS" --json "$json" >/dev/null || true
+    stop
+  done
+done
+
+# Cold load: a document whose log holds 100,000 updates, opened by a fresh process, before
+# and after compaction (Tandem); raw SQLite insert ceiling beside the durable figures.
+if [[ " $SERVERS " == *" tandem "* ]]; then
+  data="$out/data-cold"
+  PORT=$((PORT + 1))
+  target/release/tandem --listen "127.0.0.1:$PORT" --data-dir "$data" --web-dir= --compact-updates 1000000000 >"$out/cold.log" 2>&1 &
+  PID=$!; sleep 0.5
+  $BENCH run --label tandem --url "ws://127.0.0.1:$PORT/ws/{room}" --pid $PID --workloads populate --scale "$SCALE" --json "$json" >/dev/null
+  stop
+  for phase in "log only (no compaction)" "after compaction"; do
+    target/release/tandem --listen "127.0.0.1:$PORT" --data-dir "$data" --web-dir= --room-grace-secs 1 >>"$out/cold.log" 2>&1 &
+    PID=$!; sleep 0.5
+    $BENCH run --label tandem --url "ws://127.0.0.1:$PORT/ws/{room}" --pid $PID --workloads cold \
+      --cold-label "cold-load, $phase" --json "$json" >/dev/null
+    sleep 3 # the room unloads after 1 s and compacts on the way out
+    stop
+  done
+fi
+$BENCH sqlite --dir "$out/sqlite" --secs 3 --json "$json" >/dev/null
+
+$BENCH report "$json" | tee "$out/report.md"
+echo "results in $out"
