@@ -7,6 +7,8 @@
 #   bench/compare.sh                      # everything, full sizes (~15 min on 2 cores)
 #   SCALE=0.2 SECS=5 bench/compare.sh     # smaller and quicker
 #   SERVERS="tandem relay" bench/compare.sh
+#   BASELINE_BIN=path/to/older/tandem SERVERS="tandem baseline node" bench/compare.sh
+#                                         # before/after figures in the same run
 #
 # Needs: Rust, Node 18+/npm; y-sweet is installed from crates.io on first use
 # (cargo install y-sweet --root bench/.tools, several minutes; SERVERS without ysweet skips it).
@@ -25,7 +27,8 @@ cargo build --release --bins
 BENCH=target/release/tandem-bench
 (cd bench/node && npm ci --no-audit --no-fund --silent)
 if [[ " $SERVERS " == *" ysweet "* ]] && [ ! -x bench/.tools/bin/y-sweet ]; then
-  cargo install y-sweet --root bench/.tools
+  # --locked: y-sweet 0.9.1 does not build against today's newest dependency versions.
+  cargo install y-sweet --locked --root bench/.tools
 fi
 
 {
@@ -33,8 +36,9 @@ fi
   echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
   echo "kernel: $(uname -r)"
   echo "tandem: $(git rev-parse --short HEAD) (release build, --sync full)"
+  [ -n "${BASELINE_BIN:-}" ] && echo "baseline: $BASELINE_BIN (an earlier tandem build, same settings)"
   echo "node: $(node --version), @y/websocket-server $(node -p "require('./bench/node/node_modules/@y/websocket-server/package.json').version") (in-memory, no persistence)"
-  [ -x bench/.tools/bin/y-sweet ] && echo "y-sweet: $(bench/.tools/bin/y-sweet --version 2>/dev/null || echo '?') (local directory store)"
+  [ -x bench/.tools/bin/y-sweet ] && echo "y-sweet: $(cargo install --list --root bench/.tools | grep -m1 '^y-sweet') (local directory store)"
   echo "scale: $SCALE, sending window: ${SECS}s"
 } | tee "$out/versions.txt"
 
@@ -45,6 +49,9 @@ start() { # label -> sets URL, PID, EXTRA
   PORT=$((PORT + 1))
   EXTRA=()
   case $label in
+    baseline)
+      "$BASELINE_BIN" --listen "127.0.0.1:$PORT" --data-dir "$data" --web-dir= >"$out/$label.log" 2>&1 &
+      URL="ws://127.0.0.1:$PORT/ws/{room}" ;;
     tandem)
       target/release/tandem --listen "127.0.0.1:$PORT" --data-dir "$data" --web-dir= >"$out/$label.log" 2>&1 &
       URL="ws://127.0.0.1:$PORT/ws/{room}" ;;

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use bytes::Bytes;
 use tokio::time::{Duration, Instant};
 use yrs::sync::Awareness;
-use yrs::sync::awareness::AwarenessUpdate;
+use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
 use yrs::{ClientID, Doc};
 
 use crate::id::{BrowserId, PeerId};
@@ -25,6 +25,9 @@ pub struct Presence {
     owners: HashMap<PeerId, HashSet<ClientID>>,
     timeout: Duration,
     origin: Instant,
+    /// Entries applied since the last `take_pending` (the latest per client): relayed as
+    /// one update per tick instead of one frame per cursor move.
+    pending: HashMap<ClientID, AwarenessUpdateEntry>,
 }
 
 impl Presence {
@@ -33,11 +36,12 @@ impl Presence {
         let origin = Instant::now();
         let clock = move || origin.elapsed().as_millis() as u64;
         let awareness = Awareness::with_clock(Doc::new(), clock);
-        Presence { awareness, owners: HashMap::new(), timeout, origin }
+        Presence { awareness, owners: HashMap::new(), timeout, origin, pending: HashMap::new() }
     }
 
     /// Applies a peer's awareness update; true when anything changed and it should be relayed.
     pub fn apply(&mut self, peer: PeerId, update: AwarenessUpdate) -> bool {
+        let entries = update.clients.clone();
         let summary = match self.awareness.apply_update_summary(update) {
             Ok(Some(summary)) => summary,
             // Ok(None): every entry was stale. Err only arises for unknown ids on encode.
@@ -48,7 +52,22 @@ impl Presence {
         for id in &summary.removed {
             owned.remove(id);
         }
+        let changed = summary.added.iter().chain(&summary.updated).chain(&summary.removed);
+        for id in changed {
+            if let Some(entry) = entries.get(id) {
+                self.pending.insert(*id, entry.clone());
+            }
+        }
         true
+    }
+
+    /// One frame with every state that changed since the last call, if any did.
+    pub fn take_pending(&mut self) -> Option<Bytes> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let update = AwarenessUpdate { clients: std::mem::take(&mut self.pending) };
+        Some(protocol::awareness(&update))
     }
 
     /// Forgets a connection: removes the states it announced and returns the frame that tells
@@ -100,6 +119,7 @@ impl Presence {
         }
         for id in &live {
             self.awareness.remove_state(*id);
+            self.pending.remove(id);
         }
         let update = self.awareness.update_with_clients(live).ok()?;
         Some(protocol::awareness(&update))
@@ -213,7 +233,6 @@ fn stable_hash(s: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use yrs::sync::awareness::AwarenessUpdateEntry;
 
     fn state(id: u64, clock: u32, json: &str) -> AwarenessUpdate {
         let mut update = AwarenessUpdate { clients: Default::default() };
@@ -227,7 +246,9 @@ mod tests {
         let (a, b) = (PeerId::new(), PeerId::new());
         assert!(presence.apply(a, state(1, 1, "{\"n\":1}")));
         assert!(presence.apply(b, state(2, 1, "{\"n\":2}")));
+        assert!(presence.take_pending().is_some());
         assert!(!presence.apply(b, state(2, 1, "{\"n\":2}")), "stale clock is not relayed");
+        assert!(presence.take_pending().is_none());
         assert_eq!(presence.live_states(), 2);
         assert!(presence.remove_peer(a).is_some());
         assert_eq!(presence.live_states(), 1);

@@ -49,6 +49,11 @@ pub struct Config {
     #[arg(long, env = "TANDEM_AWARENESS_TIMEOUT_SECS", default_value_t = 30.0)]
     pub awareness_timeout_secs: f64,
 
+    /// Milliseconds over which awareness (cursor) changes are gathered into one relayed
+    /// update; 0 relays at the end of each processed batch.
+    #[arg(long, env = "TANDEM_AWARENESS_BATCH_MS", default_value_t = 25)]
+    pub awareness_batch_ms: u64,
+
     /// Frames queued for one peer before it counts as too slow and is closed (1013).
     #[arg(long, env = "TANDEM_PEER_QUEUE", default_value_t = 1024)]
     pub peer_queue: usize,

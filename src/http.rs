@@ -32,6 +32,11 @@ use crate::rooms::Rooms;
 use crate::store::Store;
 use crate::ws;
 
+/// Per-connection socket buffers (see `websocket`).
+const READ_BUFFER: usize = 8 * 1024;
+/// Frames are buffered up to this size before a write; `ws` flushes after each batch anyway.
+const WRITE_BUFFER: usize = 16 * 1024;
+
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
@@ -104,7 +109,14 @@ async fn websocket(
     }
     let limit = state.config.max_message_bytes;
     let tracker = state.tracker.clone();
-    Ok(upgrade.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| {
+    // tungstenite allocates the whole read buffer up front (128 KiB by default): most of an
+    // idle connection's memory. 8 KiB covers typical frames; bigger ones grow it as needed.
+    let upgrade = upgrade
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER);
+    Ok(upgrade.on_upgrade(move |socket| {
         tracker.track_future(ws::run(
             socket,
             doc_id,

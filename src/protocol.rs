@@ -34,8 +34,8 @@ pub enum Incoming {
     /// framing is checked here: `yrs::Update` is not `Send`, so the room decodes it, with
     /// `decode_update`, right before applying.
     Update(Bytes),
-    /// Presence: the decoded update plus the frame to relay unchanged.
-    Awareness { update: AwarenessUpdate, frame: Bytes },
+    /// Presence. Rooms coalesce these per tick, so the frame itself is not kept.
+    Awareness { update: AwarenessUpdate },
     /// The client asks for all awareness states.
     QueryAwareness,
 }
@@ -45,7 +45,6 @@ pub fn decode_frame(frame: &Bytes) -> Result<Vec<Incoming>, Error> {
     let mut cursor = Cursor::new(frame);
     let mut out = Vec::with_capacity(1);
     while cursor.has_content() {
-        let start = cursor.next;
         let tag: u64 = cursor.read_var().map_err(bad_frame)?;
         match tag {
             t if t == MSG_SYNC as u64 => {
@@ -65,9 +64,7 @@ pub fn decode_frame(frame: &Bytes) -> Result<Vec<Incoming>, Error> {
             }
             t if t == MSG_AWARENESS as u64 => {
                 let payload = cursor.read_buf().map_err(bad_frame)?;
-                let update = decode_awareness(payload)?;
-                let frame = frame.slice(start..cursor.next);
-                out.push(Incoming::Awareness { update, frame });
+                out.push(Incoming::Awareness { update: decode_awareness(payload)? });
             }
             t if t == MSG_QUERY_AWARENESS as u64 => out.push(Incoming::QueryAwareness),
             t if t == MSG_AUTH as u64 => return Err(Error::UnknownMessage(tag)),
@@ -212,15 +209,14 @@ mod tests {
     }
 
     #[test]
-    fn awareness_keeps_the_original_frame() {
+    fn awareness_round_trips() {
         let mut update = AwarenessUpdate { clients: Default::default() };
         update
             .clients
             .insert(ClientID::new(7), AwarenessUpdateEntry { clock: 3, json: "{\"a\":1}".into() });
         let frame = awareness(&update);
         let msgs = decode_frame(&frame).expect("valid");
-        let Incoming::Awareness { update: got, frame: relayed } = &msgs[0] else { panic!() };
+        let Incoming::Awareness { update: got } = &msgs[0] else { panic!() };
         assert_eq!(got, &update);
-        assert_eq!(relayed, &frame);
     }
 }

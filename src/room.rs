@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, MissedTickBehavior, sleep_until};
+use tokio::time::{Duration, Instant, MissedTickBehavior, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use yrs::updates::decoder::Decode;
@@ -118,6 +118,8 @@ pub(crate) struct Room {
     /// SyncStep2 against an empty state vector, reused by every fresh joiner until the
     /// document changes (a join storm encodes the document once, not once per joiner).
     full_state: Option<Bytes>,
+    /// When the gathered awareness changes go out (see `--awareness-batch-ms`).
+    awareness_due: Option<Instant>,
 }
 
 impl Room {
@@ -191,6 +193,7 @@ impl Room {
             pending_updates: Vec::new(),
             pending_frames: Vec::new(),
             full_state: None,
+            awareness_due: None,
         })
     }
 
@@ -222,7 +225,14 @@ impl Room {
                         idle_since = Instant::now();
                     }
                 }
+                _ = sleep_until(self.awareness_due.unwrap_or(idle_deadline)), if self.awareness_due.is_some() => {
+                    self.queue_awareness();
+                    if let Err(e) = self.flush().await {
+                        break Err(e);
+                    }
+                }
                 _ = sweep.tick() => {
+                    self.queue_awareness();
                     if let Some(frame) = self.presence.sweep() {
                         self.pending_frames.push(frame);
                         if let Err(e) = self.flush().await {
@@ -292,6 +302,9 @@ impl Room {
                 }
             }
         }
+        if self.config.awareness_batch_ms == 0 {
+            self.queue_awareness();
+        }
         self.flush().await
     }
 
@@ -321,6 +334,8 @@ impl Room {
 
     /// Forgets a peer that left or was closed, and retracts its presence.
     fn remove_peer(&mut self, peer: PeerId) -> Option<Peer> {
+        // States this peer announced before leaving go out before their removal.
+        self.queue_awareness();
         let removed = self.peers.remove(&peer);
         if let Some(browser) = removed.as_ref().and_then(|p| p.browser.as_ref()) {
             self.colours.disconnected(browser);
@@ -356,9 +371,10 @@ impl Room {
                     self.rebuild().await?;
                 }
             },
-            Incoming::Awareness { update, frame } => {
-                if self.presence.apply(peer, update) {
-                    self.pending_frames.push(frame);
+            Incoming::Awareness { update } => {
+                if self.presence.apply(peer, update) && self.awareness_due.is_none() {
+                    let window = Duration::from_millis(self.config.awareness_batch_ms);
+                    self.awareness_due = Some(Instant::now() + window);
                 }
             }
             Incoming::QueryAwareness => {
@@ -420,6 +436,14 @@ impl Room {
             return frame;
         }
         protocol::sync_step2(&self.doc.transact().encode_state_as_update_v1(sv))
+    }
+
+    /// Moves the gathered awareness changes into the outgoing frames.
+    fn queue_awareness(&mut self) {
+        self.awareness_due = None;
+        if let Some(frame) = self.presence.take_pending() {
+            self.pending_frames.push(frame);
+        }
     }
 
     /// Commits pending updates, then releases the frames that waited for them.
