@@ -11,14 +11,15 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::services::ServeDir;
@@ -32,7 +33,8 @@ use crate::rooms::Rooms;
 use crate::store::Store;
 use crate::ws;
 
-/// Per-connection socket buffers (see `websocket`).
+/// tungstenite allocates the whole read buffer up front (128 KiB by default), most of an
+/// idle connection's memory; 8 KiB covers typical frames, and bigger ones grow it.
 const READ_BUFFER: usize = 8 * 1024;
 /// Frames are buffered up to this size before a write; `ws` flushes after each batch anyway.
 const WRITE_BUFFER: usize = 16 * 1024;
@@ -90,42 +92,69 @@ struct WsParams {
     browser: Option<String>,
 }
 
+/// The WebSocket endpoint. The upgrade is done here by hand, rather than with axum's
+/// `WebSocketUpgrade`, to get tokio-tungstenite's stream itself: only that one can send a
+/// large message as fragments (see `ws::write_batch`). Through axum's wrapper, every peer
+/// receiving a 20 MiB document would hold a 20 MiB copy in its write buffer for good.
 async fn websocket(
     Path(doc): Path<String>,
     Query(params): Query<WsParams>,
     State(state): State<AppState>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    request: Request,
 ) -> Result<Response, Error> {
     // The name is checked before the upgrade headers, so a bad name is always a 400 that
     // says why, whatever else is wrong with the request.
     let doc_id = DocId::parse(&doc)?;
     let browser = params.browser.as_deref().map(BrowserId::parse).transpose()?;
-    let upgrade = match upgrade {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => return Ok(rejection.into_response()),
+    let Some(accept) = accept_key(request.headers()) else {
+        return Ok((StatusCode::UPGRADE_REQUIRED, "expected a WebSocket upgrade (version 13)")
+            .into_response());
     };
     if state.shutdown.is_cancelled() {
         return Err(Error::ShuttingDown);
     }
-    let limit = state.config.max_message_bytes;
-    let tracker = state.tracker.clone();
-    // tungstenite allocates the whole read buffer up front (128 KiB by default): most of an
-    // idle connection's memory. 8 KiB covers typical frames; bigger ones grow it as needed.
-    let upgrade = upgrade
-        .max_message_size(limit)
-        .max_frame_size(limit)
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(state.config.max_message_bytes))
+        .max_frame_size(Some(state.config.max_message_bytes))
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER);
-    Ok(upgrade.on_upgrade(move |socket| {
-        tracker.track_future(ws::run(
-            socket,
-            doc_id,
-            browser,
-            state.rooms,
-            state.config,
-            state.shutdown,
-        ))
-    }))
+    let upgrade = hyper::upgrade::on(request);
+    state.tracker.clone().spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let io = hyper_util::rt::TokioIo::new(upgraded);
+                let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                ws::run(socket, doc_id, browser, state.rooms, state.config, state.shutdown).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+}
+
+/// Checks the RFC 6455 upgrade headers; returns the Sec-WebSocket-Accept value.
+fn accept_key(headers: &HeaderMap) -> Option<String> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return None;
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return None;
+    }
+    let key = headers.get(header::SEC_WEBSOCKET_KEY)?;
+    Some(derive_accept_key(key.as_bytes()))
 }
 
 #[derive(Serialize)]

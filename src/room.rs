@@ -167,16 +167,17 @@ impl Room {
     async fn load(doc_id: DocId, store: Store, config: Arc<Config>) -> Result<Room, Error> {
         let loaded = store.load(&doc_id).await?;
         let doc = Doc::new();
-        {
-            let mut txn = doc.transact_mut();
-            for (i, bytes) in loaded.snapshot.iter().chain(&loaded.tail).enumerate() {
-                // A row that no longer decodes is corruption. Refuse to serve the document
-                // rather than serve (and later compact away) part of it.
-                let update = Update::decode_v1(bytes)
-                    .map_err(|e| Error::InvalidUpdate(format!("stored update {i}: {e}")))?;
-                txn.apply_update(update)
-                    .map_err(|e| Error::InvalidUpdate(format!("stored update {i}: {e}")))?;
-            }
+        for (i, bytes) in loaded.snapshot.iter().chain(&loaded.tail).enumerate() {
+            // A row that no longer decodes is corruption. Refuse to serve the document
+            // rather than serve (and later compact away) part of it.
+            let update = Update::decode_v1(bytes)
+                .map_err(|e| Error::InvalidUpdate(format!("stored update {i}: {e}")))?;
+            // One transaction per row, as when the updates arrived: yrs keeps per-transaction
+            // bookkeeping that grows with every update applied in it (a 100,000-row tail
+            // in one transaction took minutes and gigabytes).
+            doc.transact_mut()
+                .apply_update(update)
+                .map_err(|e| Error::InvalidUpdate(format!("stored update {i}: {e}")))?;
         }
         Ok(Room {
             presence: Presence::new(config.awareness_timeout()),

@@ -8,11 +8,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -40,8 +45,8 @@ impl From<Error> for End {
     }
 }
 
-pub async fn run(
-    socket: WebSocket,
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    socket: WebSocketStream<S>,
     doc_id: DocId,
     browser: Option<BrowserId>,
     rooms: Rooms,
@@ -53,8 +58,8 @@ pub async fn run(
     run_peer(socket, doc_id, peer, browser, rooms, config, shutdown).instrument(span).await
 }
 
-async fn run_peer(
-    socket: WebSocket,
+async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
+    socket: WebSocketStream<S>,
     doc_id: DocId,
     peer: PeerId,
     browser: Option<BrowserId>,
@@ -112,10 +117,10 @@ async fn run_peer(
                         }
                     }
                     Some(Ok(Message::Text(_))) => break Error::TextFrame.into(),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Ok(Message::Close(frame))) => {
                         break End::ByClient(match frame {
-                            Some(f) => format!("client closed ({})", f.code),
+                            Some(f) => format!("client closed ({})", u16::from(f.code)),
                             None => "client closed".into(),
                         })
                     }
@@ -159,37 +164,64 @@ async fn run_peer(
 /// Most frames written per flush: under fan-out load one syscall carries many frames.
 const WRITE_BATCH: usize = 64;
 
+/// Messages larger than this go out as WebSocket fragments of this size. tungstenite
+/// copies a whole frame into the connection's write buffer and keeps that capacity for the
+/// connection's life, so one 20 MiB SyncStep2 would pin 20 MiB per peer; fragments keep
+/// the buffer near this size. Every WebSocket client reassembles them.
+const FRAGMENT: usize = 64 * 1024;
+
 /// Writes `first` and whatever else is already queued (up to `WRITE_BATCH`), then flushes
 /// once. Frames stay in order; nothing is waited for that is not already there.
-async fn write_batch<S>(
-    sink: &mut S,
+async fn write_batch<K>(
+    sink: &mut K,
     first: Bytes,
     outbox: &mut mpsc::Receiver<Bytes>,
-) -> Result<(), axum::Error>
+) -> Result<(), WsError>
 where
-    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+    K: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
-    sink.feed(Message::Binary(first)).await?;
+    feed(sink, first).await?;
     for _ in 1..WRITE_BATCH {
         match outbox.try_recv() {
-            Ok(frame) => sink.feed(Message::Binary(frame)).await?,
+            Ok(frame) => feed(sink, frame).await?,
             Err(_) => break,
         }
     }
     sink.flush().await
 }
 
-fn close(kick: &Kick) -> Message {
-    Message::Close(Some(CloseFrame { code: kick.code, reason: kick.reason.as_str().into() }))
+async fn feed<K>(sink: &mut K, message: Bytes) -> Result<(), WsError>
+where
+    K: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    if message.len() <= FRAGMENT {
+        return sink.feed(Message::Binary(message)).await;
+    }
+    let mut start = 0;
+    while start < message.len() {
+        let end = (start + FRAGMENT).min(message.len());
+        let opcode = if start == 0 { Data::Binary } else { Data::Continue };
+        let frame =
+            Frame::message(message.slice(start..end), OpCode::Data(opcode), end == message.len());
+        sink.feed(Message::Frame(frame)).await?;
+        start = end;
+    }
+    Ok(())
 }
 
-fn read_error(e: axum::Error, limit: usize) -> End {
-    use tokio_tungstenite::tungstenite::Error as WsError;
-    let inner = e.into_inner();
-    match inner.downcast_ref::<WsError>() {
-        Some(WsError::Capacity(_)) => Error::TooLarge { limit }.into(),
-        Some(WsError::Protocol(p)) => Error::BadFrame(p.to_string()).into(),
-        Some(WsError::Utf8(_)) => Error::BadFrame("text frame is not UTF-8".into()).into(),
-        _ => End::ByClient(format!("read failed: {inner}")),
+fn close(kick: &Kick) -> Message {
+    Message::Close(Some(CloseFrame { code: kick.code.into(), reason: kick.reason.as_str().into() }))
+}
+
+fn read_error(e: WsError, limit: usize) -> End {
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    match e {
+        WsError::Capacity(_) => Error::TooLarge { limit }.into(),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            End::ByClient("connection dropped".into())
+        }
+        WsError::Protocol(p) => Error::BadFrame(p.to_string()).into(),
+        WsError::Utf8(_) => Error::BadFrame("text frame is not UTF-8".into()).into(),
+        other => End::ByClient(format!("read failed: {other}")),
     }
 }

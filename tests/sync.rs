@@ -184,3 +184,16 @@ async fn count_log_rows(data_dir: &std::path::Path) -> i64 {
     let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open db");
     sqlx::query_scalar("select count(*) from updates").fetch_one(&mut conn).await.expect("count")
 }
+
+#[tokio::test]
+async fn large_document_reaches_a_late_joiner() {
+    // Larger than the 64 KiB fragment size, so it travels as a fragmented message.
+    let server = TestServer::start().await;
+    let mut a = YClient::join(&server, "big").await;
+    let big = "0123456789abcdef".repeat(40 * 1024); // 640 KiB
+    a.insert(0, &big).await;
+    a.pump_until(|c| c.updates_received == 1).await;
+    let late = YClient::join(&server, "big").await;
+    assert!(late.step2_sizes[0] > 640 * 1024);
+    assert_eq!(late.text(), big);
+}

@@ -174,7 +174,12 @@ pub type Socket =
 /// Connects and waits for the server's SyncStep2 answering our empty SyncStep1.
 /// Returns the socket and the size of that SyncStep2.
 pub async fn connect_synced(url: &str) -> anyhow::Result<(Socket, usize)> {
-    let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+    // No size limits on what we receive: a join-storm SyncStep2 is tens of MiB.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(None)
+        .max_frame_size(None);
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
     socket.send(Message::Binary(Bytes::from_static(&EMPTY_STEP1))).await?;
     loop {
         match tokio::time::timeout(Duration::from_secs(60), socket.next()).await {
