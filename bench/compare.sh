@@ -7,6 +7,7 @@
 #   bench/compare.sh                      # everything, full sizes (~15 min on 2 cores)
 #   SCALE=0.2 SECS=5 bench/compare.sh     # smaller and quicker
 #   SERVERS="tandem relay" bench/compare.sh
+#   (servers: tandem, tandem-normal (--sync normal), baseline, node, ysweet, relay)
 #   BASELINE_BIN=path/to/older/tandem SERVERS="tandem baseline node" bench/compare.sh
 #                                         # before/after figures in the same run
 #
@@ -17,7 +18,7 @@ cd "$(dirname "$0")/.."
 
 SCALE=${SCALE:-1}
 SECS=${SECS:-10}
-WORKLOADS=${WORKLOADS:-fanout,fanout-wide,typing,rooms,presence,idle,storm,durable}
+WORKLOADS=${WORKLOADS:-fanout,fanout-max,fanout-wide,typing,rooms,presence,idle,storm,durable}
 SERVERS=${SERVERS:-tandem node ysweet relay}
 out="bench-results/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
@@ -51,6 +52,9 @@ start() { # label -> sets URL, PID, EXTRA
   case $label in
     baseline)
       "$BASELINE_BIN" --listen "127.0.0.1:$PORT" --data-dir "$data" --web-dir= >"$out/$label.log" 2>&1 &
+      URL="ws://127.0.0.1:$PORT/ws/{room}" ;;
+    tandem-normal)
+      target/release/tandem --listen "127.0.0.1:$PORT" --data-dir "$data" --web-dir= --sync normal >"$out/$label.log" 2>&1 &
       URL="ws://127.0.0.1:$PORT/ws/{room}" ;;
     tandem)
       target/release/tandem --listen "127.0.0.1:$PORT" --data-dir "$data" --web-dir= >"$out/$label.log" 2>&1 &

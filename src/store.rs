@@ -208,54 +208,65 @@ async fn write_all(conn: &mut SqliteConnection, jobs: &[WriteJob]) -> Result<()>
     }
 }
 
+/// Writes a group of jobs with as few statements as possible: every sqlx statement is a
+/// round trip to SQLite's worker thread, and with a thousand rooms typing those context
+/// switches, not SQLite itself, were the cost. Appends first (all documents in one upsert,
+/// all rows in multi-row inserts), then compactions: a compaction only deletes rows at or
+/// below its seq, which no append in the same group can have.
 async fn write_jobs(tx: &mut SqliteConnection, jobs: &[WriteJob]) -> Result<()> {
     let now = now_millis();
+    let mut docs: Vec<&str> = Vec::new();
+    let mut rows: Vec<(&str, i64, &[u8])> = Vec::new();
     for job in jobs {
-        match job {
-            WriteJob::Append { doc, first_seq, updates, .. } => {
-                sqlx::query(
-                    "insert into documents (name, created_at, updated_at) values (?, ?, ?)
-                     on conflict (name) do update set updated_at = excluded.updated_at",
-                )
-                .bind(doc.as_str())
-                .bind(now)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                let mut seq = *first_seq;
-                for chunk in updates.chunks(ROWS_PER_INSERT) {
-                    let mut insert: QueryBuilder<Sqlite> =
-                        QueryBuilder::new("insert into updates (doc, seq, data) ");
-                    insert.push_values(chunk, |mut row, update| {
-                        row.push_bind(doc.as_str()).push_bind(seq).push_bind(update.as_ref());
-                        seq += 1;
-                    });
-                    insert.build().execute(&mut *tx).await?;
-                }
+        if let WriteJob::Append { doc, first_seq, updates, .. } = job {
+            if !docs.contains(&doc.as_str()) {
+                docs.push(doc.as_str());
             }
-            WriteJob::Compact { doc, snapshot, upto_seq, .. } => {
-                let replaced = sqlx::query(
-                    "insert into documents (name, snapshot, snapshot_seq, created_at, updated_at)
-                     values (?, ?, ?, ?, ?)
-                     on conflict (name) do update set snapshot = excluded.snapshot,
-                        snapshot_seq = excluded.snapshot_seq
-                     where excluded.snapshot_seq > documents.snapshot_seq",
-                )
-                .bind(doc.as_str())
-                .bind(snapshot.as_slice())
-                .bind(upto_seq)
-                .bind(now)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if replaced > 0 {
-                    sqlx::query("delete from updates where doc = ? and seq <= ?")
-                        .bind(doc.as_str())
-                        .bind(upto_seq)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+            rows.extend(
+                updates.iter().zip(*first_seq..).map(|(u, seq)| (doc.as_str(), seq, u.as_ref())),
+            );
+        }
+    }
+    for chunk in docs.chunks(ROWS_PER_INSERT) {
+        let mut upsert: QueryBuilder<Sqlite> =
+            QueryBuilder::new("insert into documents (name, created_at, updated_at) ");
+        upsert.push_values(chunk, |mut row, name| {
+            row.push_bind(*name).push_bind(now).push_bind(now);
+        });
+        upsert.push(" on conflict (name) do update set updated_at = excluded.updated_at");
+        upsert.build().execute(&mut *tx).await?;
+    }
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut insert: QueryBuilder<Sqlite> =
+            QueryBuilder::new("insert into updates (doc, seq, data) ");
+        insert.push_values(chunk, |mut row, (doc, seq, data)| {
+            row.push_bind(*doc).push_bind(*seq).push_bind(*data);
+        });
+        insert.build().execute(&mut *tx).await?;
+    }
+    for job in jobs {
+        if let WriteJob::Compact { doc, snapshot, upto_seq, .. } = job {
+            let replaced = sqlx::query(
+                "insert into documents (name, snapshot, snapshot_seq, created_at, updated_at)
+                 values (?, ?, ?, ?, ?)
+                 on conflict (name) do update set snapshot = excluded.snapshot,
+                    snapshot_seq = excluded.snapshot_seq
+                 where excluded.snapshot_seq > documents.snapshot_seq",
+            )
+            .bind(doc.as_str())
+            .bind(snapshot.as_slice())
+            .bind(upto_seq)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if replaced > 0 {
+                sqlx::query("delete from updates where doc = ? and seq <= ?")
+                    .bind(doc.as_str())
+                    .bind(upto_seq)
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
     }

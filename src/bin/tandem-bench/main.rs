@@ -41,7 +41,7 @@ enum Command {
         /// y-sweet: create each document at this HTTP base first.
         #[arg(long)]
         ysweet: Option<String>,
-        /// Comma-separated: fanout,fanout-wide,typing,rooms,presence,idle,storm,durable,populate,cold
+        /// Comma-separated: fanout,fanout-max,fanout-wide,typing,rooms,presence,idle,storm,durable,populate,cold
         #[arg(long, default_value = "fanout,fanout-wide,typing,rooms,presence")]
         workloads: String,
         /// Multiplies client and room counts (1.0 = the sizes in BENCHMARKS.md).
@@ -103,6 +103,13 @@ async fn main() -> anyhow::Result<()> {
                     "fanout" => {
                         load::run(&target, &spec("fanout", 1, n(100) + 1, 1, 1000.0, Kind::Doc))
                             .await
+                    }
+                    "fanout-max" => {
+                        load::run(
+                            &target,
+                            &spec("fanout-max", 1, n(100) + 1, 1, 20_000.0, Kind::Doc),
+                        )
+                        .await
                     }
                     "fanout-wide" => {
                         load::run(&target, &spec("fanout-wide", 1, n(1500) + 1, 1, 20.0, Kind::Doc))
@@ -249,7 +256,7 @@ fn report(files: &[PathBuf]) -> anyhow::Result<()> {
                 println!("\n- {}: {}", r.server, r.note);
             }
         }
-        let find = |prefix: &str| rows.iter().find(|r| r.server.starts_with(prefix));
+        let find = |name: &str| rows.iter().find(|r| r.server == name);
         if let (Some(t), Some(node)) = (find("tandem"), find("node"))
             && node.deliveries_per_sec > 0.0
             && node.p99_ms > 0.0
