@@ -61,6 +61,13 @@ pub async fn serve(
     };
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "listening");
     let stop = token.clone();
+    // Nagle's algorithm would hold back small frames (a keystroke is ~30 bytes) until the
+    // previous ones are acknowledged: measured as ~9 ms of median latency in a busy room.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, http::router(state))
         .with_graceful_shutdown(async move {
             shutdown.await;

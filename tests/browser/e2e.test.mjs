@@ -188,6 +188,29 @@ test('two people type together, see each other\'s carets in server-assigned colo
   assert.deepEqual(people.sort(), ['Ada Lovelace', 'Bob Kahn'])
 })
 
+test('undo takes back only your own edits', async () => {
+  const ada = await person('Ada')
+  const bob = await person('Bob')
+  const pa = await openEditor(ada, 'undo')
+  const pb = await openEditor(bob, 'undo')
+  await typeAtEnd(pa, 'Ada wrote this.')
+  await converge([pa, pb], t => t === 'Ada wrote this.')
+  await pa.waitForTimeout(600) // let Ada's edit close as its own undo step
+  await typeAtEnd(pb, ' Bob added this.')
+  await converge([pa, pb], t => t === 'Ada wrote this. Bob added this.')
+  await pb.waitForTimeout(600)
+  // Bob undoes: his sentence goes, Ada's stays.
+  await pb.evaluate(() => window.tandem.editor.commands.focus())
+  await pb.keyboard.press('Control+z')
+  await converge([pa, pb], t => t === 'Ada wrote this.')
+  // Ada undoes: her sentence goes; Bob's undo is not hers to redo or revert.
+  await pa.evaluate(() => window.tandem.editor.commands.focus())
+  await pa.keyboard.press('Control+z')
+  await converge([pa, pb], t => t === '')
+  await pb.keyboard.press('Control+Shift+z')
+  await converge([pa, pb], t => t === ' Bob added this.')
+})
+
 test('offline: both sides edit, the offline side comes back, nothing is lost', async () => {
   const ada = await person('Ada')
   const bob = await person('Bob')

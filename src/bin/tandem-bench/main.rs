@@ -172,6 +172,9 @@ fn title(workload: &str, scale: f64) -> String {
     let n = |x: usize| ((x as f64 * scale).round() as usize).max(2);
     match workload {
         "fanout" => format!("1. fan-out: 1 writer at 1,000 updates/s, {} observers", n(100)),
+        "fanout-max" => {
+            format!("1c. saturation: 1 writer offering 20,000 updates/s, {} observers", n(100))
+        }
         "fanout-wide" => {
             format!("1b. wide fan-out: 1 writer at 20 updates/s, {} observers", n(1500))
         }

@@ -47,9 +47,20 @@ pub async fn serve(listen: &str) -> anyhow::Result<()> {
                 .entry(path.clone())
                 .or_default()
                 .push((id, tx.clone()));
+            // Same write batching as Tandem (everything queued, then one flush), so the
+            // ceiling is not lowered by a syscall per frame.
             let writer = tokio::spawn(async move {
                 while let Some(msg) = rx.recv().await {
-                    if sink.send(msg).await.is_err() {
+                    if sink.feed(msg).await.is_err() {
+                        break;
+                    }
+                    for _ in 1..64 {
+                        let Ok(msg) = rx.try_recv() else { break };
+                        if sink.feed(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                    if sink.flush().await.is_err() {
                         break;
                     }
                 }
