@@ -318,8 +318,11 @@ async fn client(
         let quiet = Duration::from_secs(3);
         let hard_stop = Instant::now() + duration + Duration::from_secs(20);
         loop {
-            let wait = if Instant::now() > hard_stop { Duration::ZERO } else { quiet };
-            let msg = match tokio::time::timeout(wait, stream.next()).await {
+            // A server still trickling a backlog 20 s after the window has lost the rest.
+            if Instant::now() > hard_stop {
+                break;
+            }
+            let msg = match tokio::time::timeout(quiet, stream.next()).await {
                 Ok(Some(Ok(msg))) => msg,
                 Ok(Some(Err(_))) | Ok(None) => {
                     shared_reader.errors.fetch_add(1, Ordering::Relaxed);
@@ -354,13 +357,18 @@ async fn client(
         // Writers start at a random phase so a room's writers do not tick in lockstep.
         let period = Duration::from_secs_f64(1.0 / rate);
         tokio::time::sleep(period.mul_f64(fastrand_unit(w))).await;
+        let deadline = Instant::now() + duration + Duration::from_secs(20);
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         for (s, frame) in frames.iter().enumerate() {
             tick.tick().await;
             shared.sent_at[w][s]
                 .store(shared.start.elapsed().as_nanos() as u64 + 1, Ordering::Relaxed);
-            if sink.send(Message::Binary(frame.clone())).await.is_err() {
+            // A server that stops reading must not stall the run past its time box.
+            let sent =
+                tokio::time::timeout_at(deadline.into(), sink.send(Message::Binary(frame.clone())))
+                    .await;
+            if !matches!(sent, Ok(Ok(()))) {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
                 break;
             }
