@@ -189,26 +189,24 @@ test('two people type together, see each other\'s carets in server-assigned colo
 })
 
 test('undo takes back only your own edits', async () => {
-  const ada = await person('Ada')
-  const bob = await person('Bob')
-  const pa = await openEditor(ada, 'undo')
-  const pb = await openEditor(bob, 'undo')
-  await typeAtEnd(pa, 'Ada wrote this.')
-  await converge([pa, pb], t => t === 'Ada wrote this.')
-  await pa.waitForTimeout(600) // let Ada's edit close as its own undo step
-  await typeAtEnd(pb, ' Bob added this.')
-  await converge([pa, pb], t => t === 'Ada wrote this. Bob added this.')
-  await pb.waitForTimeout(600)
-  // Bob undoes: his sentence goes, Ada's stays.
-  await pb.evaluate(() => window.tandem.editor.commands.focus())
-  await pb.keyboard.press('Control+z')
-  await converge([pa, pb], t => t === 'Ada wrote this.')
-  // Ada undoes: her sentence goes; Bob's undo is not hers to redo or revert.
-  await pa.evaluate(() => window.tandem.editor.commands.focus())
-  await pa.keyboard.press('Control+z')
-  await converge([pa, pb], t => t === '')
+  // Zoe writes the paragraph both others then type into, so neither owns its structure.
+  const pz = await openEditor(await person('Zoe'), 'undo')
+  await typeAtEnd(pz, 'Start.')
+  const pa = await openEditor(await person('Ada'), 'undo')
+  const pb = await openEditor(await person('Bob'), 'undo')
+  await converge([pa, pb, pz], t => t === 'Start.')
+  await typeAtEnd(pa, ' Ada.')
+  await converge([pa, pb], t => t === 'Start. Ada.')
+  await typeAtEnd(pb, ' Bob.')
+  await converge([pa, pb], t => t === 'Start. Ada. Bob.')
+  await pb.waitForTimeout(600) // each person's typing closes as one undo step
+
+  await pb.keyboard.press('Control+z') // Bob undoes: his words go, Ada's stay
+  await converge([pa, pb], t => t === 'Start. Ada.')
   await pb.keyboard.press('Control+Shift+z')
-  await converge([pa, pb], t => t === ' Bob added this.')
+  await converge([pa, pb], t => t === 'Start. Ada. Bob.')
+  await pa.keyboard.press('Control+z') // Ada undoes: only her words go
+  await converge([pa, pb, pz], t => t === 'Start. Bob.')
 })
 
 test('offline: both sides edit, the offline side comes back, nothing is lost', async () => {
