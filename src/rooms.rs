@@ -71,44 +71,49 @@ impl Rooms {
         browser: Option<BrowserId>,
         outbox: mpsc::Sender<Bytes>,
     ) -> Result<Joined, Kick> {
-        for _attempt in 0..3 {
-            let room = self.get_or_spawn(doc_id);
-            let (kick_tx, kick_rx) = oneshot::channel();
-            let (reply, joined) = oneshot::channel();
-            let msg = RoomMsg::Join {
-                peer,
-                browser: browser.clone(),
-                outbox: outbox.clone(),
-                kick: kick_tx,
-                reply,
-            };
-            if room.send(msg).await.is_err() {
-                continue;
-            }
-            match joined.await {
-                Ok(Ok(())) => {
-                    return Ok(Joined { room, kick: kick_rx });
-                }
-                Ok(Err(kick)) => return Err(kick),
-                Err(_) => continue,
-            }
+        let mut kick_rx = None;
+        let asked = self
+            .ask(doc_id, |reply| {
+                let (kick, rx) = oneshot::channel();
+                kick_rx = Some(rx);
+                let (browser, outbox) = (browser.clone(), outbox.clone());
+                RoomMsg::Join { peer, browser, outbox, kick, reply }
+            })
+            .await;
+        match (asked, kick_rx) {
+            (Some((room, Ok(()))), Some(kick)) => Ok(Joined { room, kick }),
+            (Some((_, Err(kick))), _) => Err(kick),
+            _ => Err(Kick::from(&Error::RoomGone)),
         }
-        Err(Kick::from(&Error::RoomGone))
     }
 
     /// The cursor colour (index into `awareness::PALETTE`) for `browser` in `doc_id`.
     pub async fn colour(&self, doc_id: &DocId, browser: &BrowserId) -> Result<usize, Error> {
+        self.ask(doc_id, |reply| RoomMsg::Colour { browser: browser.clone(), reply })
+            .await
+            .map(|(_, colour)| colour)
+            .ok_or(Error::RoomGone)
+    }
+
+    /// Sends `request` to `doc_id`'s room (spawning it if needed) and waits for its reply.
+    /// A room that unloads between our lookup and its reply drops the request (closed inbox
+    /// or dropped reply); we then ask again, which spawns a fresh room.
+    async fn ask<T>(
+        &self,
+        doc_id: &DocId,
+        mut request: impl FnMut(oneshot::Sender<T>) -> RoomMsg,
+    ) -> Option<(RoomHandle, T)> {
         for _attempt in 0..3 {
             let room = self.get_or_spawn(doc_id);
-            let (reply, colour) = oneshot::channel();
-            if room.send(RoomMsg::Colour { browser: browser.clone(), reply }).await.is_err() {
+            let (reply, answer) = oneshot::channel();
+            if room.send(request(reply)).await.is_err() {
                 continue;
             }
-            if let Ok(colour) = colour.await {
-                return Ok(colour);
+            if let Ok(answer) = answer.await {
+                return Some((room, answer));
             }
         }
-        Err(Error::RoomGone)
+        None
     }
 
     pub fn loaded(&self) -> usize {

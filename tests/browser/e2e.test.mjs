@@ -4,41 +4,16 @@
 // Screenshots go to ARTIFACTS (default ../../target/artifacts).
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join, dirname } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
 import { chromium } from 'playwright-core'
+import { ROOT, startServer as start } from '../support/tandem-process.mjs'
 
-const here = dirname(fileURLToPath(import.meta.url))
-const root = join(here, '..', '..')
-const BIN = process.env.TANDEM_BIN || join(root, 'target', 'debug', 'tandem')
-const WEB = process.env.TANDEM_WEB_DIR || join(root, 'web', 'dist')
-const ARTIFACTS = process.env.ARTIFACTS || join(root, 'target', 'artifacts')
+const WEB = process.env.TANDEM_WEB_DIR || join(ROOT, 'web', 'dist')
+const ARTIFACTS = process.env.ARTIFACTS || join(ROOT, 'target', 'artifacts')
+const startServer = (dataDir, listen) => start(dataDir, { listen, webDir: WEB })
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium'
-
-function startServer (dataDir, listen = '127.0.0.1:0') {
-  return new Promise((resolve, reject) => {
-    const child = spawn(BIN, ['--listen', listen, '--web-dir', WEB, '--data-dir', dataDir], {
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn,tandem=info' },
-      stdio: ['ignore', 'pipe', 'inherit']
-    })
-    let log = ''
-    const exited = new Promise(resolve => child.on('exit', code => resolve(code)))
-    const timer = setTimeout(() => reject(new Error('tandem did not start: ' + log)), 15000)
-    child.stdout.on('data', chunk => {
-      log += chunk
-      const m = log.match(/listening addr=(\S+)/)
-      if (m && !child.addr) {
-        child.addr = m[1]
-        clearTimeout(timer)
-        resolve({ child, addr: m[1], exited })
-      }
-    })
-    child.on('error', reject)
-  })
-}
 
 async function stopServer (server) {
   server.child.kill('SIGTERM')

@@ -18,7 +18,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
 use yrs::updates::decoder::Decode;
-use yrs::updates::encoder::Encode;
 use yrs::{ClientID, Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -339,10 +338,6 @@ pub async fn reload_text(data_dir: &Path, doc: &str) -> String {
     client.close().await;
     server.stop().await;
     text
-}
-
-pub fn encode_sv(doc: &Doc) -> Vec<u8> {
-    doc.transact().state_vector().encode_v1()
 }
 
 pub async fn http_get(url: &str) -> (u16, String) {

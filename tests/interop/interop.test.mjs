@@ -3,40 +3,14 @@
 // (TANDEM_BIN, default ../../target/debug/tandem). Run: npm test (after `cargo build`).
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join, dirname } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
 import WebSocket from 'ws'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
+import { startServer } from '../support/tandem-process.mjs'
 
-const here = dirname(fileURLToPath(import.meta.url))
-const BIN = process.env.TANDEM_BIN || join(here, '..', '..', 'target', 'debug', 'tandem')
-
-/** Starts tandem on an ephemeral port; resolves once it logs its address. */
-function startServer (dataDir, extraArgs = []) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(BIN, ['--listen', '127.0.0.1:0', '--web-dir=', '--data-dir', dataDir, ...extraArgs], {
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn,tandem=info' },
-      stdio: ['ignore', 'pipe', 'inherit']
-    })
-    let buffered = ''
-    const exited = new Promise(resolve => child.on('exit', (code, signal) => resolve({ code, signal })))
-    child.stdout.on('data', chunk => {
-      buffered += chunk.toString()
-      const m = buffered.match(/listening addr=(\S+)/)
-      if (m && !child.addr) {
-        child.addr = m[1]
-        clearTimeout(timer)
-        resolve({ child, addr: m[1], exited, log: () => buffered })
-      }
-    })
-    child.on('error', reject)
-    const timer = setTimeout(() => reject(new Error('tandem did not start: ' + buffered)), 15000)
-  })
-}
 
 async function waitFor (predicate, what, timeout = 10000) {
   const deadline = Date.now() + timeout
@@ -177,8 +151,7 @@ test('SIGTERM closes sockets with 1001, exits 0, and a restart keeps every docum
   a.provider.shouldConnect = false
   server.child.kill('SIGTERM')
   assert.equal(await closed, 1001)
-  const { code } = await server.exited
-  assert.equal(code, 0)
+  assert.equal(await server.exited, 0)
 
   server = await startServer(dataDir)
   const b = connect(server, 'restart')

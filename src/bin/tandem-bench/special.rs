@@ -16,7 +16,7 @@ fn outcome(target: &Target, workload: &str) -> Outcome {
     Outcome { workload: workload.into(), server: target.label.clone(), ..Default::default() }
 }
 
-async fn connect_many(target: &Target, urls: Vec<String>) -> (Vec<crate::load::Socket>, u64) {
+async fn connect_many(urls: Vec<String>) -> (Vec<crate::load::Socket>, u64) {
     let gate = Arc::new(Semaphore::new(256));
     let tasks: Vec<_> = urls
         .into_iter()
@@ -36,7 +36,6 @@ async fn connect_many(target: &Target, urls: Vec<String>) -> (Vec<crate::load::S
             _ => errors += 1,
         }
     }
-    let _ = target;
     (sockets, errors)
 }
 
@@ -50,13 +49,13 @@ pub async fn idle(target: &Target, rooms: usize, per_room: usize) -> anyhow::Res
     let base = pid.and_then(proc::rss_bytes).unwrap_or(0);
     let started = Instant::now();
     let urls = (0..rooms).map(|r| target.room_url(&room_name("idle", r))).collect();
-    let (first, e1) = connect_many(target, urls).await;
+    let (first, e1) = connect_many(urls).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let with_rooms = pid.and_then(proc::rss_bytes).unwrap_or(0);
     let urls = (0..rooms)
         .flat_map(|r| std::iter::repeat_n(target.room_url(&room_name("idle", r)), per_room - 1))
         .collect();
-    let (rest, e2) = connect_many(target, urls).await;
+    let (rest, e2) = connect_many(urls).await;
     out.connect_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let full = pid.and_then(proc::rss_bytes).unwrap_or(0);

@@ -1,0 +1,36 @@
+// Starts the real `tandem` binary for the Node suites (tests/interop, tests/browser) and
+// resolves once it logs the address it bound. Node built-ins only, so either suite can
+// import it without installing anything.
+import { spawn } from 'node:child_process'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
+export const BIN = process.env.TANDEM_BIN || join(ROOT, 'target', 'debug', 'tandem')
+
+/**
+ * @param {string} dataDir
+ * @param {{ listen?: string, webDir?: string }} options  webDir '' disables the pages
+ * @returns {Promise<{ child, addr: string, exited: Promise<number|null> }>}
+ */
+export function startServer (dataDir, { listen = '127.0.0.1:0', webDir = '' } = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(BIN, ['--listen', listen, `--web-dir=${webDir}`, '--data-dir', dataDir], {
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn,tandem=info' },
+      stdio: ['ignore', 'pipe', 'inherit']
+    })
+    let log = ''
+    const exited = new Promise(resolve => child.on('exit', code => resolve(code)))
+    const timer = setTimeout(() => reject(new Error('tandem did not start: ' + log)), 15000)
+    child.stdout.on('data', chunk => {
+      log += chunk
+      const m = log.match(/listening addr=(\S+)/)
+      if (m && !child.addr) {
+        child.addr = m[1]
+        clearTimeout(timer)
+        resolve({ child, addr: m[1], exited })
+      }
+    })
+    child.on('error', reject)
+  })
+}
