@@ -1,9 +1,12 @@
 //! Build steps outside Rust:
 //! - rebuild when migrations change (`sqlx::migrate!` embeds them);
-//! - build the browser editor (web/ → web/dist) with npm, so `cargo run` alone serves it.
+//! - build the browser editor (web/ → web/dist) with npm, and embed web/dist into the
+//!   binary (`$OUT_DIR/web_assets.rs`, a table of `include_bytes!`), so the binary serves
+//!   the editor wherever it is copied.
 //!
-//! Without npm the server still builds and runs: the WebSocket API works and `/` explains
-//! that the editor was not built. Set TANDEM_SKIP_WEB_BUILD=1 to skip the web build.
+//! Without npm the server still builds and runs: the table is empty, the WebSocket API
+//! works and `/` explains that the editor was not built. Set TANDEM_SKIP_WEB_BUILD=1 to
+//! skip the web build (whatever web/dist already holds is still embedded).
 
 use std::path::Path;
 use std::process::Command;
@@ -14,13 +17,44 @@ fn main() {
         println!("cargo:rerun-if-changed={path}");
     }
     println!("cargo:rerun-if-env-changed=TANDEM_SKIP_WEB_BUILD");
-    if std::env::var_os("TANDEM_SKIP_WEB_BUILD").is_some_and(|v| v != "0") {
-        return;
-    }
-    if let Err(why) = build_web(Path::new("web")) {
+    let skip = std::env::var_os("TANDEM_SKIP_WEB_BUILD").is_some_and(|v| v != "0");
+    if !skip && let Err(why) = build_web(Path::new("web")) {
         println!("cargo:warning=browser editor not built: {why}");
         println!("cargo:warning=the server works without it; / will say the editor is missing");
     }
+    if let Err(e) = embed_web(Path::new("web/dist")) {
+        panic!("embedding web/dist: {e}");
+    }
+}
+
+/// Writes `$OUT_DIR/web_assets.rs`: `FILES`, every file under `dist` as (path, bytes).
+fn embed_web(dist: &Path) -> std::io::Result<()> {
+    let mut files = Vec::new();
+    if dist.join("editor.html").is_file() {
+        collect(dist, dist, &mut files)?;
+    }
+    files.sort();
+    let mut code = String::from("pub(crate) static FILES: &[(&str, &[u8])] = &[\n");
+    for (name, path) in files {
+        code.push_str(&format!("    ({name:?}, include_bytes!({path:?})),\n"));
+    }
+    code.push_str("];\n");
+    let out = std::env::var("OUT_DIR").map_err(std::io::Error::other)?;
+    std::fs::write(Path::new(&out).join("web_assets.rs"), code)
+}
+
+fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, String)>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect(root, &path, files)?;
+        } else if let Ok(rel) = path.strip_prefix(root) {
+            let name = rel.to_string_lossy().replace('\\', "/");
+            let absolute = std::fs::canonicalize(&path)?;
+            files.push((name, absolute.to_string_lossy().into_owned()));
+        }
+    }
+    Ok(())
 }
 
 fn build_web(web: &Path) -> Result<(), String> {

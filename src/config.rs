@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 /// Tandem: a real-time collaborative document server for Yjs clients.
 #[derive(Debug, Clone, Parser)]
@@ -22,14 +22,15 @@ pub struct Config {
     #[arg(long, env = "TANDEM_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// Directory of the built browser editor served at `/`. Empty disables static files.
+    /// Serve the browser editor from this directory instead of the copy built into the
+    /// binary (for editor development: `node web/build.mjs` and reload). Empty turns the
+    /// pages off; unset serves the built-in editor.
     #[arg(
         long,
         env = "TANDEM_WEB_DIR",
-        default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist"),
         value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from)
     )]
-    pub web_dir: PathBuf,
+    pub web_dir: Option<PathBuf>,
 
     /// Largest WebSocket message accepted from a client, in bytes; larger ones close the
     /// connection with 1009.
@@ -79,9 +80,14 @@ pub enum SyncMode {
 }
 
 impl Config {
-    /// Defaults for embedding (tests, tools): loopback on an OS-chosen port, data in `data_dir`.
+    /// The defaults, with data in `data_dir`, for embedding (tests, tools). Unlike
+    /// `Config::parse`, this never reads `TANDEM_*` variables: an embedded server must not
+    /// change with the environment of whoever runs it.
     pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Config {
-        let mut config = Config::parse_from(["tandem"]);
+        let command = Config::command().mut_args(|arg| arg.env(None::<&str>));
+        let matches = command.get_matches_from(["tandem"]);
+        // The defaults parse by construction: every default_value above is a valid value.
+        let mut config = Config::from_arg_matches(&matches).expect("defaults are valid");
         config.data_dir = data_dir.into();
         config
     }
@@ -96,5 +102,46 @@ impl Config {
 
     pub fn awareness_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.awareness_timeout_secs.max(0.05))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs in a child process that has `TANDEM_*` variables set (see below).
+    #[test]
+    fn defaults_in_a_hostile_environment() {
+        if std::env::var_os("TANDEM_MAX_MESSAGE_BYTES").is_none() {
+            return; // only meaningful in the child
+        }
+        let config = Config::for_data_dir("/tmp/x");
+        assert_eq!(config.max_message_bytes, 8 * 1024 * 1024);
+        assert_eq!(config.listen.port(), 8080);
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn embedded_defaults_ignore_the_environment() {
+        let exe = std::env::current_exe().expect("test binary");
+        let status = std::process::Command::new(exe)
+            .args(["--exact", "config::tests::defaults_in_a_hostile_environment", "--quiet"])
+            .env("TANDEM_MAX_MESSAGE_BYTES", "1000")
+            .env("TANDEM_LISTEN", "127.0.0.1:1")
+            .env("TANDEM_DATA_DIR", "/nonexistent")
+            .status()
+            .expect("run child");
+        assert!(status.success(), "Config::for_data_dir read TANDEM_* variables");
+    }
+
+    #[test]
+    fn every_flag_has_an_environment_variable() {
+        let missing: Vec<_> = Config::command()
+            .get_arguments()
+            .filter(|a| !matches!(a.get_id().as_str(), "help" | "version"))
+            .filter(|a| a.get_env().is_none())
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert!(missing.is_empty(), "{missing:?}");
     }
 }

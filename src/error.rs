@@ -1,31 +1,41 @@
 //! What a client can do wrong or run into, mapped once to an HTTP status or a WebSocket
 //! close code. Internal causes are logged where they happen; the client only gets a short
 //! reason that fits in a close frame (123 bytes).
+//!
+//! Startup failures (a locked data directory, a read-only database) are not here: they never
+//! reach a client and travel as `anyhow` errors out of `main`.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::store::StoreError;
+
 /// Close codes we send. 1000-range codes are RFC 6455; 4000-range codes are ours.
-pub mod close_code {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const UNSUPPORTED_DATA: u16 = 1003;
-    pub const INVALID_PAYLOAD: u16 = 1007;
-    pub const POLICY_VIOLATION: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL_ERROR: u16 = 1011;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
+pub(crate) mod close_code {
+    pub(crate) const GOING_AWAY: u16 = 1001;
+    pub(crate) const PROTOCOL_ERROR: u16 = 1002;
+    pub(crate) const UNSUPPORTED_DATA: u16 = 1003;
+    pub(crate) const INVALID_PAYLOAD: u16 = 1007;
+    pub(crate) const POLICY_VIOLATION: u16 = 1008;
+    pub(crate) const TOO_BIG: u16 = 1009;
+    pub(crate) const INTERNAL_ERROR: u16 = 1011;
+    pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
     /// The peer did not answer pings for two intervals.
-    pub const PING_TIMEOUT: u16 = 4000;
+    pub(crate) const PING_TIMEOUT: u16 = 4000;
 }
 
-#[derive(Debug, thiserror::Error)]
+/// Everything that can end a request or a connection. `Clone` because one failure (a
+/// commit that did not happen) is told to every peer of a room.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("invalid document name: {0}")]
     BadDocName(&'static str),
     #[error("invalid browser id: 1-64 letters, digits, '-' or '_'")]
     BadBrowserId,
+    #[error("bad websocket handshake: {0}")]
+    BadHandshake(&'static str),
+    #[error("bad request: {0}")]
+    BadRequest(String),
     #[error("malformed message: {0}")]
     BadFrame(String),
     #[error("text frames are not part of the protocol")]
@@ -44,19 +54,28 @@ pub enum Error {
     PingTimeout,
     #[error("server shutting down")]
     ShuttingDown,
-    #[error("storage error")]
-    Store(#[from] sqlx::Error),
-    #[error("storage error: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The store failed or holds data that does not add up. The cause is logged; the
+    /// client is told only which of the two it was.
+    #[error("{}", store_reason(.0))]
+    Store(#[from] StoreError),
     #[error("room unavailable")]
     RoomGone,
 }
 
+fn store_reason(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::Corrupt { .. } => "stored document is inconsistent",
+        _ => "storage failure",
+    }
+}
+
 impl Error {
-    pub fn status_code(&self) -> StatusCode {
+    pub(crate) fn status_code(&self) -> StatusCode {
         match self {
             Error::BadDocName(_)
             | Error::BadBrowserId
+            | Error::BadHandshake(_)
+            | Error::BadRequest(_)
             | Error::BadFrame(_)
             | Error::TextFrame
             | Error::UnknownMessage(_)
@@ -65,14 +84,18 @@ impl Error {
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::SlowConsumer | Error::PingTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::ShuttingDown | Error::RoomGone => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Store(_) | Error::Migrate(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Store(StoreError::Corrupt { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
-    pub fn close_code(&self) -> u16 {
+    pub(crate) fn close_code(&self) -> u16 {
         use close_code::*;
         match self {
-            Error::BadDocName(_) | Error::BadBrowserId => POLICY_VIOLATION,
+            Error::BadDocName(_)
+            | Error::BadBrowserId
+            | Error::BadHandshake(_)
+            | Error::BadRequest(_) => POLICY_VIOLATION,
             Error::BadFrame(_) | Error::UnknownMessage(_) => PROTOCOL_ERROR,
             Error::TextFrame => UNSUPPORTED_DATA,
             Error::InvalidUpdate(_) | Error::InvalidAwareness(_) => INVALID_PAYLOAD,
@@ -80,12 +103,12 @@ impl Error {
             Error::SlowConsumer => TRY_AGAIN_LATER,
             Error::PingTimeout => PING_TIMEOUT,
             Error::ShuttingDown => GOING_AWAY,
-            Error::Store(_) | Error::Migrate(_) | Error::RoomGone => INTERNAL_ERROR,
+            Error::Store(_) | Error::RoomGone => INTERNAL_ERROR,
         }
     }
 
     /// Reason text for a close frame: the display string cut to the 123 bytes RFC 6455 allows.
-    pub fn close_reason(&self) -> String {
+    pub(crate) fn close_reason(&self) -> String {
         let mut reason = self.to_string();
         if reason.len() > 123 {
             let mut cut = 123;
@@ -100,11 +123,41 @@ impl Error {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        if matches!(self, Error::Store(_) | Error::Migrate(_)) {
-            tracing::error!(error = ?self, "request failed");
+        if let Error::Store(cause) = &self {
+            tracing::error!(error = %cause, "request failed");
         }
-        (self.status_code(), self.to_string()).into_response()
+        let body = serde_json::json!({ "error": self.to_string() });
+        (self.status_code(), axum::Json(body)).into_response()
     }
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every close code the server sends is in README's table, so clients can rely on it.
+    #[test]
+    fn every_close_code_is_documented() {
+        let readme = include_str!("../README.md");
+        let errors = [
+            Error::BadFrame(String::new()),
+            Error::TextFrame,
+            Error::InvalidUpdate(String::new()),
+            Error::TooLarge { limit: 1 },
+            Error::SlowConsumer,
+            Error::PingTimeout,
+            Error::ShuttingDown,
+            Error::Store(StoreError::Unavailable("x".into())),
+            Error::Store(StoreError::Corrupt { doc: "d".into(), detail: "x".into() }),
+            Error::RoomGone,
+        ];
+        for e in errors {
+            let row = format!("| {} |", e.close_code());
+            assert!(
+                readme.contains(&row),
+                "close code {} ({e}) missing from README",
+                e.close_code()
+            );
+        }
+    }
+}

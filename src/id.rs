@@ -9,12 +9,12 @@ use crate::error::Error;
 /// A document name: 1-200 characters of ASCII letters, digits, `-`, `_` and `.`.
 /// Cheap to clone: rooms, peers and log lines all carry it.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DocId(Arc<str>);
+pub(crate) struct DocId(Arc<str>);
 
 impl DocId {
-    pub const MAX_LEN: usize = 200;
+    pub(crate) const MAX_LEN: usize = 200;
 
-    pub fn parse(name: &str) -> Result<DocId, Error> {
+    pub(crate) fn parse(name: &str) -> Result<DocId, Error> {
         if name.is_empty() {
             return Err(Error::BadDocName("empty"));
         }
@@ -24,10 +24,15 @@ impl DocId {
         if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
             return Err(Error::BadDocName("only letters, digits, '-', '_' and '.' are allowed"));
         }
+        // `.` and `..` are path segments to a browser (and to every proxy): /d/.. never
+        // reaches us as a document.
+        if name.bytes().all(|b| b == b'.') {
+            return Err(Error::BadDocName("a name needs a letter, digit, '-' or '_'"));
+        }
         Ok(DocId(name.into()))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -47,10 +52,10 @@ impl fmt::Debug for DocId {
 /// A browser's stable random id (kept in its localStorage), used to give the same person
 /// the same cursor colour when they come back. Not a secret and not an authentication.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
-pub struct BrowserId(Arc<str>);
+pub(crate) struct BrowserId(Arc<str>);
 
 impl BrowserId {
-    pub fn parse(id: &str) -> Result<BrowserId, Error> {
+    pub(crate) fn parse(id: &str) -> Result<BrowserId, Error> {
         let ok = (1..=64).contains(&id.len())
             && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !ok {
@@ -59,7 +64,7 @@ impl BrowserId {
         Ok(BrowserId(id.into()))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -67,10 +72,10 @@ impl BrowserId {
 /// One WebSocket connection's identity inside a room (a connection, not a person: the same
 /// browser reconnecting is a new peer).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct PeerId(pub uuid::Uuid);
+pub(crate) struct PeerId(uuid::Uuid);
 
 impl PeerId {
-    pub fn new() -> PeerId {
+    pub(crate) fn new() -> PeerId {
         PeerId(uuid::Uuid::new_v4())
     }
 }
@@ -96,8 +101,9 @@ mod tests {
     fn doc_names() {
         assert!(DocId::parse("a").is_ok());
         assert!(DocId::parse("My-doc_1.v2").is_ok());
+        assert!(DocId::parse(".a").is_ok());
         assert!(DocId::parse(&"x".repeat(200)).is_ok());
-        for bad in ["", "a/b", "a b", "ä", "..%2f", &"x".repeat(201)] {
+        for bad in ["", ".", "..", "...", "a/b", "a b", "ä", "..%2f", &"x".repeat(201)] {
             assert!(DocId::parse(bad).is_err(), "{bad}");
         }
     }

@@ -1,61 +1,147 @@
-//! One WebSocket connection: joins a room, pumps frames both ways, keeps the peer honest.
+//! One WebSocket connection: the RFC 6455 handshake, then joining a room, pumping frames
+//! both ways and keeping the peer honest.
 //!
 //! This is where untrusted bytes stop. Every frame is decoded and validated here (in the
 //! connection's own task, so decoding runs on all cores) before the room sees it; anything
 //! malformed closes this connection with a code and one log line, and nothing of it reaches
 //! the room. `ws` never touches a `Doc`.
+//!
+//! The upgrade is done here by hand, rather than with axum's `WebSocketUpgrade`, to get
+//! tokio-tungstenite's stream itself: only that one can send a large message as fragments
+//! (see `write_batch`). Through axum's wrapper, every peer receiving a 20 MiB document would
+//! hold a 20 MiB copy in its write buffer for good.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode, Version, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::Config;
 use crate::error::{Error, close_code};
 use crate::id::{BrowserId, DocId, PeerId};
 use crate::protocol;
-use crate::room::{Kick, RoomMsg};
+use crate::room::RoomMsg;
 use crate::rooms::Rooms;
 
 /// How long we keep trying to deliver a close frame before dropping the connection.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// tungstenite allocates the whole read buffer up front (128 KiB by default), most of an
+/// idle connection's memory; 8 KiB covers typical frames, and bigger ones grow it.
+const READ_BUFFER: usize = 8 * 1024;
+/// Frames are buffered up to this size before a write; we flush after each batch anyway.
+const WRITE_BUFFER: usize = 16 * 1024;
 
-/// How a connection ended, for the one log line and the close frame.
-enum End {
-    /// The client closed or vanished; nothing more to send.
-    ByClient(String),
-    /// We close with this code and reason.
-    Close(Kick),
+/// What the upgrade request asked for.
+pub(crate) enum Handshake {
+    /// A valid upgrade; the value is the `Sec-WebSocket-Accept` to answer with.
+    Accept(String),
+    /// Not a WebSocket upgrade we speak (plain HTTP, or another protocol version): 426.
+    NotUpgrade,
 }
 
-impl From<Error> for End {
-    fn from(e: Error) -> End {
-        End::Close(Kick::from(&e))
+/// Checks the RFC 6455 (section 4.2.1) upgrade request. A request that is plainly not an
+/// upgrade gets a 426; one that tries and gets it wrong gets a 400 that says what.
+pub(crate) fn handshake(version: Version, headers: &HeaderMap) -> Result<Handshake, Error> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return Ok(Handshake::NotUpgrade);
     }
+    if version != Version::HTTP_11 {
+        return Err(Error::BadHandshake("a websocket upgrade needs HTTP/1.1"));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return Ok(Handshake::NotUpgrade);
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(Error::BadHandshake("missing Sec-WebSocket-Key"));
+    };
+    let nonce = base64::engine::general_purpose::STANDARD.decode(key.as_bytes());
+    if nonce.map(|n| n.len()) != Ok(16) {
+        return Err(Error::BadHandshake("Sec-WebSocket-Key must be 16 bytes in base64"));
+    }
+    Ok(Handshake::Accept(derive_accept_key(key.as_bytes())))
 }
 
-pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+/// What a connection needs from the server.
+#[derive(Clone)]
+pub(crate) struct ConnDeps {
+    pub(crate) rooms: Rooms,
+    pub(crate) config: Arc<Config>,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Answers a checked upgrade (101) and runs the connection in its own tracked task once
+/// hyper hands the socket over.
+pub(crate) fn upgrade(
+    request: Request,
+    accept: String,
+    doc_id: DocId,
+    browser: Option<BrowserId>,
+    deps: ConnDeps,
+) -> Response {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(deps.config.max_message_bytes))
+        .max_frame_size(Some(deps.config.max_message_bytes))
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER);
+    let upgrade = hyper::upgrade::on(request);
+    let tracker = deps.tracker.clone();
+    tracker.spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let io = hyper_util::rt::TokioIo::new(upgraded);
+                let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                run(socket, doc_id, browser, deps).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// How a connection ended: `Ok` when the client closed or vanished (nothing more to send),
+/// `Err` when we close it with that error's code and reason.
+type End = Result<String, Error>;
+
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     socket: WebSocketStream<S>,
     doc_id: DocId,
     browser: Option<BrowserId>,
-    rooms: Rooms,
-    config: Arc<Config>,
-    shutdown: CancellationToken,
+    deps: ConnDeps,
 ) {
     let peer = PeerId::new();
     let span = tracing::info_span!("conn", doc = %doc_id, %peer);
-    run_peer(socket, doc_id, peer, browser, rooms, config, shutdown).instrument(span).await
+    run_peer(socket, doc_id, peer, browser, deps).instrument(span).await
 }
 
 async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
@@ -63,17 +149,16 @@ async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
     doc_id: DocId,
     peer: PeerId,
     browser: Option<BrowserId>,
-    rooms: Rooms,
-    config: Arc<Config>,
-    shutdown: CancellationToken,
+    deps: ConnDeps,
 ) {
+    let ConnDeps { rooms, config, shutdown, .. } = deps;
     let (mut sink, mut stream) = socket.split();
     let (outbox, mut outbox_rx) = mpsc::channel(config.peer_queue.max(4));
     let joined = match rooms.join(&doc_id, peer, browser, outbox).await {
         Ok(joined) => joined,
-        Err(kick) => {
-            tracing::warn!(code = kick.code, reason = %kick.reason, "join failed");
-            let _ = sink.send(close(&kick)).await;
+        Err(e) => {
+            tracing::warn!(code = e.close_code(), reason = %e, "join failed");
+            let _ = sink.send(close(&e)).await;
             return;
         }
     };
@@ -91,17 +176,14 @@ async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
     let end: End = loop {
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break Error::ShuttingDown.into(),
-            kicked = &mut kick => match kicked {
-                Ok(k) => break End::Close(k),
-                Err(_) => break Error::RoomGone.into(),
-            },
+            _ = shutdown.cancelled() => break Err(Error::ShuttingDown),
+            kicked = &mut kick => break Err(kicked.unwrap_or(Error::RoomGone)),
             frame = outbox_rx.recv() => {
-                let Some(frame) = frame else { break Error::RoomGone.into() };
+                let Some(frame) = frame else { break Err(Error::RoomGone) };
                 match timeout(write_timeout, write_batch(&mut sink, frame, &mut outbox_rx)).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => break End::ByClient(format!("write failed: {e}")),
-                    Err(_) => break Error::SlowConsumer.into(),
+                    Ok(Err(e)) => break Ok(format!("write failed: {e}")),
+                    Err(_) => break Err(Error::SlowConsumer),
                 }
             }
             msg = stream.next() => {
@@ -110,30 +192,30 @@ async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
                     Some(Ok(Message::Binary(bytes))) => {
                         let msgs = match protocol::decode_frame(&bytes) {
                             Ok(msgs) => msgs,
-                            Err(e) => break e.into(),
+                            Err(e) => break Err(e),
                         };
                         if room.send(RoomMsg::Incoming { peer, msgs }).await.is_err() {
-                            break Error::RoomGone.into();
+                            break Err(Error::RoomGone);
                         }
                     }
-                    Some(Ok(Message::Text(_))) => break Error::TextFrame.into(),
+                    Some(Ok(Message::Text(_))) => break Err(Error::TextFrame),
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Ok(Message::Close(frame))) => {
-                        break End::ByClient(match frame {
+                        break Ok(match frame {
                             Some(f) => format!("client closed ({})", u16::from(f.code)),
                             None => "client closed".into(),
                         })
                     }
                     Some(Err(e)) => break read_error(e, config.max_message_bytes),
-                    None => break End::ByClient("connection dropped".into()),
+                    None => break Ok("connection dropped".into()),
                 }
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > ping_interval * 2 {
-                    break Error::PingTimeout.into();
+                    break Err(Error::PingTimeout);
                 }
                 if timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await.is_err() {
-                    break Error::SlowConsumer.into();
+                    break Err(Error::SlowConsumer);
                 }
             }
         }
@@ -143,17 +225,18 @@ async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
     // if the room's inbox is full, and fails harmlessly if the room is gone.
     let _ = room.send(RoomMsg::Leave { peer }).await;
     match end {
-        End::ByClient(reason) => tracing::info!(%reason, "connection closed"),
-        End::Close(kick) => {
-            if kick.code == close_code::GOING_AWAY {
-                tracing::info!(code = kick.code, reason = %kick.reason, "connection closed");
+        Ok(reason) => tracing::info!(%reason, "connection closed"),
+        Err(e) => {
+            let code = e.close_code();
+            if code == close_code::GOING_AWAY {
+                tracing::info!(code, reason = %e, "connection closed");
             } else {
-                tracing::warn!(code = kick.code, reason = %kick.reason, "connection closed");
+                tracing::warn!(code, reason = %e, "connection closed");
             }
             // Best effort: the close frame queues behind whatever the peer has not read yet
             // (a slow consumer may have megabytes buffered), so give it a while, then drop.
             let _ = timeout(CLOSE_TIMEOUT, async {
-                sink.send(close(&kick)).await?;
+                sink.send(close(&e)).await?;
                 sink.close().await
             })
             .await;
@@ -209,19 +292,61 @@ where
     Ok(())
 }
 
-fn close(kick: &Kick) -> Message {
-    Message::Close(Some(CloseFrame { code: kick.code.into(), reason: kick.reason.as_str().into() }))
+fn close(e: &Error) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: e.close_code().into(),
+        reason: e.close_reason().into(),
+    }))
 }
 
 fn read_error(e: WsError, limit: usize) -> End {
     use tokio_tungstenite::tungstenite::error::ProtocolError;
     match e {
-        WsError::Capacity(_) => Error::TooLarge { limit }.into(),
+        WsError::Capacity(_) => Err(Error::TooLarge { limit }),
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            End::ByClient("connection dropped".into())
+            Ok("connection dropped".into())
         }
-        WsError::Protocol(p) => Error::BadFrame(p.to_string()).into(),
-        WsError::Utf8(_) => Error::BadFrame("text frame is not UTF-8".into()).into(),
-        other => End::ByClient(format!("read failed: {other}")),
+        WsError::Protocol(p) => Err(Error::BadFrame(p.to_string())),
+        WsError::Utf8(_) => Err(Error::BadFrame("text frame is not UTF-8".into())),
+        other => Ok(format!("read failed: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn upgrade_headers(key: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        headers.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_str(key).expect("header"));
+        headers
+    }
+
+    #[test]
+    fn the_rfc_example_key_is_accepted() {
+        let headers = upgrade_headers("dGhlIHNhbXBsZSBub25jZQ==");
+        let Ok(Handshake::Accept(accept)) = handshake(Version::HTTP_11, &headers) else {
+            panic!("refused")
+        };
+        assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn broken_upgrades_are_refused_with_a_reason() {
+        for key in ["", "short", "dGhlIHNhbXBsZSBub25jZQ", "dGhlIHNhbXBsZSBub25jZSEh"] {
+            let result = handshake(Version::HTTP_11, &upgrade_headers(key));
+            assert!(matches!(result, Err(Error::BadHandshake(_))), "key {key:?}");
+        }
+        let http10 = handshake(Version::HTTP_10, &upgrade_headers("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(matches!(http10, Err(Error::BadHandshake(_))));
+        assert!(matches!(
+            handshake(Version::HTTP_11, &HeaderMap::new()),
+            Ok(Handshake::NotUpgrade)
+        ));
     }
 }

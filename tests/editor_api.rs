@@ -4,7 +4,7 @@
 mod common;
 
 use common::{TestServer, YClient, http};
-use tandem::awareness::PALETTE;
+use tandem::colour::PALETTE;
 
 async fn colour(server: &TestServer, doc: &str, browser: &str) -> String {
     let body = format!(r#"{{"browser":"{browser}"}}"#);
@@ -74,7 +74,7 @@ async fn pages_and_assets_have_types_and_caching() {
     std::fs::write(web.path().join("assets/editor-ABC123.js"), "x()").expect("write");
     std::fs::write(web.path().join("assets/editor-ABC123.css"), "p{}").expect("write");
     let dir = web.path().to_path_buf();
-    let server = TestServer::start_with(move |c| c.web_dir = dir).await;
+    let server = TestServer::start_with(move |c| c.web_dir = Some(dir)).await;
 
     let home = http(&server.http("/"), "GET", None).await;
     assert_eq!((home.status, home.body.as_str()), (200, "<h1>list</h1>"));

@@ -1,6 +1,7 @@
 //! Test plumbing: a real server on an ephemeral port with its own SQLite file, and `YClient`,
 //! a minimal y-websocket peer holding a real `yrs::Doc`. Tests read as behaviour on top.
 #![allow(dead_code)] // each test binary uses a different subset
+#![allow(unreachable_pub)] // a module of each test crate: `pub` is how tests reach it
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -45,7 +46,7 @@ impl TestServer {
     /// Starts a server on an existing data dir (to test restarts).
     pub async fn start_in(data_dir: &Path, tweak: impl FnOnce(&mut tandem::Config)) -> TestServer {
         let mut config = tandem::Config::for_data_dir(data_dir);
-        config.web_dir = PathBuf::new();
+        config.web_dir = Some(PathBuf::new());
         config.sync = tandem::config::SyncMode::Normal;
         tweak(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

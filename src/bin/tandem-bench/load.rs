@@ -23,7 +23,7 @@ use crate::proc;
 
 /// What to run against.
 #[derive(Clone)]
-pub struct Target {
+pub(crate) struct Target {
     pub label: String,
     /// WebSocket URL with `{room}` where the document name goes.
     pub url: String,
@@ -33,11 +33,11 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn room_url(&self, room: &str) -> String {
+    pub(crate) fn room_url(&self, room: &str) -> String {
         self.url.replace("{room}", room)
     }
 
-    pub async fn prepare_room(&self, room: &str) -> anyhow::Result<()> {
+    pub(crate) async fn prepare_room(&self, room: &str) -> anyhow::Result<()> {
         if let Some(base) = &self.ysweet {
             let body = format!(r#"{{"docId":"{room}"}}"#);
             crate::http_post(&format!("{base}/doc/new"), &body).await?;
@@ -47,13 +47,13 @@ impl Target {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Kind {
+pub(crate) enum Kind {
     Doc,
     Awareness,
 }
 
 #[derive(Clone, Debug)]
-pub struct Spec {
+pub(crate) struct Spec {
     pub name: String,
     pub rooms: usize,
     pub clients_per_room: usize,
@@ -67,7 +67,7 @@ pub struct Spec {
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub workload: String,
     pub server: String,
     pub clients: usize,
@@ -129,7 +129,7 @@ fn markers(frame: &[u8], mut each: impl FnMut(usize, usize)) {
 }
 
 /// Pre-encodes `n` frames for writer `w`.
-pub fn encode_frames(kind: Kind, w: usize, n: usize, update_bytes: usize) -> Vec<Bytes> {
+pub(crate) fn encode_frames(kind: Kind, w: usize, n: usize, update_bytes: usize) -> Vec<Bytes> {
     match kind {
         Kind::Doc => {
             let doc = Doc::with_client_id(1_000_000 + w as u64);
@@ -162,18 +162,18 @@ pub fn encode_frames(kind: Kind, w: usize, n: usize, update_bytes: usize) -> Vec
 }
 
 /// Empty state vector SyncStep1: "send me everything".
-pub const EMPTY_STEP1: [u8; 4] = [0, 0, 1, 0];
+pub(crate) const EMPTY_STEP1: [u8; 4] = [0, 0, 1, 0];
 
-pub fn is_step2(frame: &[u8]) -> bool {
+pub(crate) fn is_step2(frame: &[u8]) -> bool {
     frame.len() >= 2 && frame[0] == 0 && frame[1] == 1
 }
 
-pub type Socket =
+pub(crate) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Connects and waits for the server's SyncStep2 answering our empty SyncStep1.
 /// Returns the socket and the size of that SyncStep2.
-pub async fn connect_synced(url: &str) -> anyhow::Result<(Socket, usize)> {
+pub(crate) async fn connect_synced(url: &str) -> anyhow::Result<(Socket, usize)> {
     // No size limits on what we receive: a join-storm SyncStep2 is tens of MiB.
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(None)
@@ -194,7 +194,7 @@ pub async fn connect_synced(url: &str) -> anyhow::Result<(Socket, usize)> {
     }
 }
 
-pub async fn run(target: &Target, spec: &Spec) -> anyhow::Result<Outcome> {
+pub(crate) async fn run(target: &Target, spec: &Spec) -> anyhow::Result<Outcome> {
     let n_writers = spec.rooms * spec.writers_per_room;
     let per_writer = (spec.rate * spec.duration.as_secs_f64()).round().max(1.0) as usize;
     let frames: Vec<Arc<Vec<Bytes>>> = (0..n_writers)
@@ -296,7 +296,7 @@ pub async fn run(target: &Target, spec: &Spec) -> anyhow::Result<Outcome> {
     })
 }
 
-pub fn room_name(workload: &str, r: usize) -> String {
+pub(crate) fn room_name(workload: &str, r: usize) -> String {
     format!("bench-{workload}-{r}")
 }
 

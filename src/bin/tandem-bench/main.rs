@@ -286,7 +286,7 @@ fn report(files: &[PathBuf]) -> anyhow::Result<()> {
 }
 
 /// Minimal HTTP POST (JSON) for y-sweet's document creation.
-pub async fn http_post(url: &str, json: &str) -> anyhow::Result<String> {
+pub(crate) async fn http_post(url: &str, json: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("http:// only"))?;
     let (host, path) =

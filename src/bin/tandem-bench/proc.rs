@@ -7,7 +7,7 @@ use std::time::Duration;
 const TICKS_PER_SEC: f64 = 100.0;
 
 /// CPU time (user + system) the process has used so far.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -18,7 +18,7 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 /// Resident set size in bytes.
-pub fn rss_bytes(pid: u32) -> Option<u64> {
+pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -26,13 +26,13 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
 }
 
 /// Samples a process's RSS until stopped; reports the peak.
-pub struct RssSampler {
+pub(crate) struct RssSampler {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<u64>,
 }
 
 impl RssSampler {
-    pub fn start(pid: Option<u32>) -> RssSampler {
+    pub(crate) fn start(pid: Option<u32>) -> RssSampler {
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let mut peak = 0;
@@ -48,7 +48,7 @@ impl RssSampler {
         RssSampler { stop, task }
     }
 
-    pub async fn finish(self) -> u64 {
+    pub(crate) async fn finish(self) -> u64 {
         let _ = self.stop.send(());
         self.task.await.unwrap_or(0)
     }

@@ -17,7 +17,7 @@ type Rooms = Arc<Mutex<HashMap<String, Vec<(u64, mpsc::UnboundedSender<Message>)
 /// An empty SyncStep2: sync message, step 2, a 2-byte empty v1 update.
 const EMPTY_STEP2: [u8; 5] = [0, 1, 2, 0, 0];
 
-pub async fn serve(listen: &str) -> anyhow::Result<()> {
+pub(crate) async fn serve(listen: &str) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).await?;
     println!("relay listening addr={}", listener.local_addr()?);
     let rooms: Rooms = Arc::default();

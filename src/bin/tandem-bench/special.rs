@@ -40,7 +40,11 @@ async fn connect_many(urls: Vec<String>) -> (Vec<crate::load::Socket>, u64) {
 }
 
 /// Memory of idle connections: `rooms` rooms with one client each, then `per_room` each.
-pub async fn idle(target: &Target, rooms: usize, per_room: usize) -> anyhow::Result<Outcome> {
+pub(crate) async fn idle(
+    target: &Target,
+    rooms: usize,
+    per_room: usize,
+) -> anyhow::Result<Outcome> {
     let mut out = outcome(target, "idle-memory");
     for r in 0..rooms {
         target.prepare_room(&room_name("idle", r)).await?;
@@ -119,7 +123,11 @@ async fn write_pipelined(
 }
 
 /// 150 clients join one large document at once.
-pub async fn join_storm(target: &Target, mb: usize, joiners: usize) -> anyhow::Result<Outcome> {
+pub(crate) async fn join_storm(
+    target: &Target,
+    mb: usize,
+    joiners: usize,
+) -> anyhow::Result<Outcome> {
     let mut out = outcome(target, "join-storm");
     let room = room_name("storm", 0);
     target.prepare_room(&room).await?;
@@ -171,7 +179,7 @@ pub async fn join_storm(target: &Target, mb: usize, joiners: usize) -> anyhow::R
 }
 
 /// The most durable (echoed) updates per second one room sustains.
-pub async fn durable(target: &Target, secs: f64) -> anyhow::Result<Outcome> {
+pub(crate) async fn durable(target: &Target, secs: f64) -> anyhow::Result<Outcome> {
     let mut out = outcome(target, "durable-throughput");
     let room = room_name("durable", 0);
     target.prepare_room(&room).await?;
@@ -193,7 +201,7 @@ pub async fn durable(target: &Target, secs: f64) -> anyhow::Result<Outcome> {
 }
 
 /// Writes `n` small updates into a document (for the cold-load measurement).
-pub async fn populate_log(target: &Target, n: usize) -> anyhow::Result<Outcome> {
+pub(crate) async fn populate_log(target: &Target, n: usize) -> anyhow::Result<Outcome> {
     let mut out = outcome(target, "populate");
     let room = room_name("cold", 0);
     target.prepare_room(&room).await?;
@@ -205,7 +213,7 @@ pub async fn populate_log(target: &Target, n: usize) -> anyhow::Result<Outcome> 
 }
 
 /// Time from connect to the first SyncStep2 for the populated document.
-pub async fn cold_load(target: &Target, label: &str) -> anyhow::Result<Outcome> {
+pub(crate) async fn cold_load(target: &Target, label: &str) -> anyhow::Result<Outcome> {
     let mut out = outcome(target, label);
     let started = Instant::now();
     let (_socket, size) = connect_synced(&target.room_url(&room_name("cold", 0))).await?;
@@ -218,7 +226,10 @@ pub async fn cold_load(target: &Target, label: &str) -> anyhow::Result<Outcome> 
 
 /// Raw SQLite insert ceiling on this machine with Tandem's settings (WAL, synchronous=FULL):
 /// one row per transaction, and 256 rows per transaction.
-pub async fn sqlite_ceiling(dir: &std::path::Path, secs: f64) -> anyhow::Result<Vec<Outcome>> {
+pub(crate) async fn sqlite_ceiling(
+    dir: &std::path::Path,
+    secs: f64,
+) -> anyhow::Result<Vec<Outcome>> {
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
     use sqlx::{ConnectOptions, Connection};
     std::fs::create_dir_all(dir)?;

@@ -1,0 +1,376 @@
+//! A room: one task that owns one loaded document. The logic lives in `core` (no IO); this
+//! file is the loop around it: the inbox, the store calls and the timers.
+//!
+//! Everything that touches a document happens in this task, so there is no lock around a
+//! `Doc` and every ordering question is answered by reading `Room::run` top to bottom.
+//! Connections and the HTTP API reach it through a `RoomHandle` (a bounded channel).
+//!
+//! Every arm of the loop ends in `flush`: rows the core queued are appended and the commit
+//! awaited, then the core releases what waited for it. A path that queues frames cannot
+//! forget to send them.
+
+mod core;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, MissedTickBehavior, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+pub(crate) use self::core::Applied;
+use self::core::{Limits, RoomCore, build_doc};
+use crate::config::Config;
+use crate::error::Error;
+use crate::id::{BrowserId, DocId, PeerId};
+use crate::protocol::Incoming;
+use crate::store::Store;
+
+/// Messages a room drains per turn; one turn ends in at most one commit.
+const BATCH: usize = 256;
+/// Inbox depth per room: enough to absorb a burst from every peer without making one fast
+/// writer wait, small enough that a stuck room pushes back on its writers.
+const INBOX: usize = 1024;
+
+/// Where an update that does not come from a connected peer came from (for the log).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Origin {
+    /// `POST /api/docs/{doc}/update`.
+    Api,
+}
+
+pub(crate) enum RoomMsg {
+    Join {
+        peer: PeerId,
+        /// Set when the client said which browser it is (for its cursor colour).
+        browser: Option<BrowserId>,
+        outbox: mpsc::Sender<Bytes>,
+        /// Why the room closed this peer, if it does.
+        kick: oneshot::Sender<Error>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Leave {
+        peer: PeerId,
+    },
+    /// Which cursor colour (an index into `colour::PALETTE`) this browser gets here.
+    Colour {
+        browser: BrowserId,
+        reply: oneshot::Sender<usize>,
+    },
+    Incoming {
+        peer: PeerId,
+        msgs: Vec<Incoming>,
+    },
+    /// An update from outside the peers, on the same write path; the reply comes after the
+    /// commit, or at once with the reason the update was refused.
+    Apply {
+        update: Bytes,
+        origin: Origin,
+        reply: oneshot::Sender<Result<Applied, Error>>,
+    },
+}
+
+/// A clonable way to reach a room. `generation` tells apart two rooms of the same document
+/// (one unloading, one freshly loaded) in the registry.
+#[derive(Clone)]
+pub(crate) struct RoomHandle {
+    tx: mpsc::Sender<RoomMsg>,
+    generation: u64,
+    /// Connected peers, kept by the room, read by the document list.
+    peer_count: Arc<AtomicUsize>,
+}
+
+impl RoomHandle {
+    /// Forwards a message; waits while the room's inbox is full (backpressure on the
+    /// sender, not on anyone else). Err means the room is gone.
+    pub(crate) async fn send(&self, msg: RoomMsg) -> Result<(), Error> {
+        self.tx.send(msg).await.map_err(|_| Error::RoomGone)
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    pub(crate) fn peers(&self) -> usize {
+        self.peer_count.load(Ordering::Relaxed)
+    }
+}
+
+/// The one thing a room needs from the registry: to leave it. `retire` runs under the
+/// registry's lock; when it returns true the registry forgets this generation of the room,
+/// so no new handle to a closing inbox is ever handed out.
+pub(crate) trait Registry: Send + Sync {
+    fn retire(&self, doc_id: &DocId, generation: u64, retire: &mut dyn FnMut() -> bool) -> bool;
+}
+
+/// A room's registration: its document and generation, and the way out.
+pub(crate) struct Lease {
+    pub(crate) doc_id: DocId,
+    pub(crate) generation: u64,
+    pub(crate) registry: Arc<dyn Registry>,
+}
+
+impl Lease {
+    /// Unregisters and closes the inbox, atomically with respect to handle lookups; unless
+    /// `force` (a failed room), only when nothing waits in the inbox.
+    fn end(&self, inbox: &mut mpsc::Receiver<RoomMsg>, force: bool) -> bool {
+        self.registry.retire(&self.doc_id, self.generation, &mut || {
+            if !force && !inbox.is_empty() {
+                return false;
+            }
+            inbox.close();
+            true
+        })
+    }
+}
+
+/// What a room needs from the server to run.
+#[derive(Clone)]
+pub(crate) struct RoomDeps {
+    pub(crate) store: Store,
+    pub(crate) config: Arc<Config>,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Starts the room for `lease.doc_id` and returns the handle to it. The document loads in
+/// the task; messages that arrive meanwhile wait in the inbox.
+pub(crate) fn spawn(lease: Lease, deps: &RoomDeps) -> RoomHandle {
+    let (tx, inbox) = mpsc::channel(INBOX);
+    let peer_count = Arc::new(AtomicUsize::new(0));
+    let handle = RoomHandle { tx, generation: lease.generation, peer_count: peer_count.clone() };
+    let span = tracing::info_span!("room", doc = %lease.doc_id);
+    let deps_for_task = deps.clone();
+    deps.tracker.spawn(run(lease, inbox, peer_count, deps_for_task).instrument(span));
+    handle
+}
+
+async fn run(
+    lease: Lease,
+    mut inbox: mpsc::Receiver<RoomMsg>,
+    peer_count: Arc<AtomicUsize>,
+    deps: RoomDeps,
+) {
+    let started = Instant::now();
+    let limits = Limits {
+        compact_updates: deps.config.compact_updates,
+        compact_bytes: deps.config.compact_bytes,
+        awareness_batch: std::time::Duration::from_millis(deps.config.awareness_batch_ms),
+        awareness_timeout: deps.config.awareness_timeout(),
+    };
+    let core = match load(&lease.doc_id, &deps.store).await {
+        Ok((doc, loaded)) => RoomCore::new(doc, &loaded, limits, peer_count),
+        Err(e) => {
+            tracing::error!(error = %e.cause(), "could not load document");
+            lease.end(&mut inbox, true);
+            while let Ok(msg) = inbox.try_recv() {
+                refuse(msg, &e);
+            }
+            return;
+        }
+    };
+    tracing::info!(
+        updates = core.log_updates(),
+        ms = started.elapsed().as_millis() as u64,
+        "room loaded"
+    );
+    let room = Room { core, lease, store: deps.store, config: deps.config };
+    room.run(inbox, deps.shutdown).await;
+}
+
+async fn load(doc_id: &DocId, store: &Store) -> Result<(yrs::Doc, crate::store::Loaded), Error> {
+    let loaded = store.load(doc_id).await?;
+    let doc = build_doc(doc_id.as_str(), &loaded)?;
+    Ok((doc, loaded))
+}
+
+/// Answers a message the room will never handle.
+fn refuse(msg: RoomMsg, error: &Error) {
+    match msg {
+        RoomMsg::Join { reply, .. } => {
+            let _ = reply.send(Err(error.clone()));
+        }
+        RoomMsg::Apply { reply, .. } => {
+            let _ = reply.send(Err(error.clone()));
+        }
+        RoomMsg::Leave { .. } | RoomMsg::Colour { .. } | RoomMsg::Incoming { .. } => {}
+    }
+}
+
+impl Error {
+    /// The text worth logging: for storage failures, the store's own cause.
+    fn cause(&self) -> String {
+        match self {
+            Error::Store(cause) => cause.to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+struct Room {
+    core: RoomCore,
+    lease: Lease,
+    store: Store,
+    config: Arc<Config>,
+}
+
+impl Room {
+    async fn run(mut self, mut inbox: mpsc::Receiver<RoomMsg>, shutdown: CancellationToken) {
+        let mut sweep = tokio::time::interval(self.config.awareness_timeout() / 4);
+        sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut idle_since = Instant::now();
+        // A document loaded with a long tail gets compacted before anyone types.
+        self.maybe_compact().await;
+        let outcome: Result<&str, Error> = loop {
+            let idle_deadline = idle_since + self.config.room_grace();
+            let awareness_due = self.core.awareness_due();
+            let step = tokio::select! {
+                n = inbox.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        break Ok("registry dropped");
+                    }
+                    let step = self.handle_batch(&mut batch).await;
+                    if !self.core.is_empty() {
+                        idle_since = Instant::now();
+                    }
+                    step
+                }
+                _ = sleep_until(awareness_due.unwrap_or(idle_deadline)), if awareness_due.is_some() => {
+                    self.core.flush_awareness();
+                    self.flush().await
+                }
+                _ = sweep.tick() => {
+                    self.core.sweep();
+                    self.flush().await
+                }
+                _ = sleep_until(idle_deadline), if self.core.is_empty() => {
+                    if !inbox.is_empty() {
+                        continue;
+                    }
+                    self.compact_if_any().await;
+                    if self.lease.end(&mut inbox, false) {
+                        break Ok("idle");
+                    }
+                    Ok(())
+                }
+                _ = shutdown.cancelled() => {
+                    // Whatever was queued before the signal still gets applied and committed.
+                    while let Ok(msg) = inbox.try_recv() {
+                        batch.push(msg);
+                    }
+                    match self.handle_batch(&mut batch).await {
+                        Ok(()) => break Ok("shutdown"),
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            if let Err(e) = step {
+                break Err(e);
+            }
+            self.maybe_compact().await;
+        };
+        match outcome {
+            Ok(reason) => tracing::info!(reason, "room unloaded"),
+            Err(e) => {
+                // The document in memory may hold updates the store refused; drop it and let
+                // the next join reload from what is committed. Clients still hold their
+                // edits and send them again when they resync.
+                tracing::error!(error = %e.cause(), "room failed, closing its peers");
+                self.lease.end(&mut inbox, true);
+                self.core.fail(&e);
+                while let Ok(msg) = inbox.try_recv() {
+                    refuse(msg, &e);
+                }
+            }
+        }
+        // Joins that raced with the unload get their reply dropped; they retry on a new room.
+        drop(inbox);
+    }
+
+    async fn handle_batch(&mut self, batch: &mut Vec<RoomMsg>) -> Result<(), Error> {
+        for msg in batch.drain(..) {
+            match msg {
+                RoomMsg::Join { peer, browser, outbox, kick, reply } => {
+                    self.core.join(peer, browser, outbox, kick, reply);
+                }
+                RoomMsg::Leave { peer } => self.core.leave(peer),
+                RoomMsg::Colour { browser, reply } => {
+                    let _ = reply.send(self.core.colour(&browser));
+                }
+                RoomMsg::Incoming { peer, msgs } => {
+                    for msg in msgs {
+                        self.core.incoming(peer, msg);
+                        self.recover_if_poisoned().await?;
+                    }
+                }
+                RoomMsg::Apply { update, origin, reply } => {
+                    tracing::debug!(?origin, bytes = update.len(), "update from outside the room");
+                    self.core.apply(update, reply);
+                    self.recover_if_poisoned().await?;
+                }
+            }
+        }
+        if self.config.awareness_batch_ms == 0 {
+            self.core.flush_awareness();
+        }
+        self.flush().await
+    }
+
+    /// After yrs panicked mid-update: commit what was good before it, then rebuild the
+    /// document from the store (everything committed, nothing of the culprit).
+    async fn recover_if_poisoned(&mut self) -> Result<(), Error> {
+        if !self.core.is_poisoned() {
+            return Ok(());
+        }
+        self.flush().await?;
+        let (doc, loaded) = load(&self.lease.doc_id, &self.store).await?;
+        self.core.rebuild(doc, &loaded);
+        Ok(())
+    }
+
+    /// Commits what the core queued, then lets it release what waited for the commit.
+    async fn flush(&mut self) -> Result<(), Error> {
+        if let Some(rows) = self.core.take_rows() {
+            let bytes: u64 = rows.iter().map(|r| r.len() as u64).sum();
+            let appended = self.store.append(&self.lease.doc_id, rows).await?;
+            self.core.committed(appended, bytes);
+        }
+        self.core.release();
+        debug_assert!(!self.core.has_pending(), "everything queued was released");
+        Ok(())
+    }
+
+    async fn maybe_compact(&mut self) {
+        if self.core.wants_compaction() {
+            self.compact_if_any().await;
+        }
+    }
+
+    async fn compact_if_any(&mut self) {
+        let Some((snapshot, upto_seq)) = self.core.snapshot() else { return };
+        let started = Instant::now();
+        let size = snapshot.len();
+        match self.store.compact(&self.lease.doc_id, snapshot, upto_seq).await {
+            Ok(replaced) => {
+                tracing::info!(
+                    updates = self.core.log_updates(),
+                    snapshot_bytes = size,
+                    replaced,
+                    ms = started.elapsed().as_millis() as u64,
+                    "compacted"
+                );
+                self.core.compacted(upto_seq);
+            }
+            // The log is still complete, so this only costs load time; retry next turn.
+            Err(e) => tracing::warn!(error = %e, "compaction failed"),
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Durable storage of documents: per document, a snapshot and an append-only log of the raw
+//! updates after it. This file is the API the rest of the server sees; `sqlite` is the one
+//! backend today, and nothing outside this folder knows SQL or sees a `sqlx` type.
+//!
+//! Seqs are handed out here, by the backend, inside the transaction that writes the rows,
+//! never computed in a room's memory: that is what lets a second writer (a later shared
+//! backend, or a stray second process) never reuse one.
+//!
+//! Stored data is checked when it is read. A log with a gap, rows the snapshot should
+//! have replaced, or a head that does not match the rows is refused as a whole
+//! (`StoreError::Corrupt`) rather than served in part, which a later compaction would
+//! then make permanent.
+
+mod sqlite;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+use crate::config::SyncMode;
+use crate::id::DocId;
+
+/// The largest seq the store hands out (2^53 - 1: exact in JavaScript and in JSON). A head
+/// beyond it can only come from a damaged or hand-edited database.
+pub(crate) const MAX_SEQ: i64 = (1 << 53) - 1;
+
+/// Why the store could not do what was asked. Backend-neutral: causes are kept as text
+/// (they go to the log; clients only learn "storage failure" or "inconsistent").
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The writer or the database connection is gone (shutdown, or a crashed worker).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused or failed the operation; the text is its own message
+    /// (for example "database or disk is full").
+    #[error("database error: {0}")]
+    Database(String),
+    /// What is stored for this document does not add up; it is refused, not served.
+    #[error("stored data of {doc:?} is inconsistent: {detail}")]
+    Corrupt { doc: String, detail: String },
+}
+
+impl StoreError {
+    pub(crate) fn corrupt(doc: &DocId, detail: impl Into<String>) -> StoreError {
+        StoreError::Corrupt { doc: doc.as_str().to_string(), detail: detail.into() }
+    }
+}
+
+pub(crate) type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A document as stored: the snapshot and the log rows after it, already checked to be
+/// consistent (gapless from the snapshot's seq up to the head).
+#[derive(Debug, Default)]
+pub(crate) struct Loaded {
+    pub(crate) snapshot: Option<Vec<u8>>,
+    /// Log rows after the snapshot, in seq order.
+    pub(crate) tail: Vec<Vec<u8>>,
+    /// The seq of the last stored update (0 for a new document).
+    pub(crate) head: i64,
+    pub(crate) tail_bytes: u64,
+}
+
+/// The seqs a committed append received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Appended {
+    pub(crate) first: i64,
+    pub(crate) last: i64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct DocSummary {
+    pub(crate) name: String,
+    /// Milliseconds since the Unix epoch.
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+}
+
+/// A clonable handle on the store. Writes are serialised by the backend (group commit);
+/// reads run beside them.
+#[derive(Clone)]
+pub(crate) struct Store {
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(sqlite::SqliteStore),
+}
+
+/// Opens the embedded SQLite store in `data_dir`. Fails (with a message for the operator)
+/// when another process holds the directory, the database is read-only, or migrations fail.
+/// The returned future is the writer task; it ends once every `Store` clone is dropped, and
+/// only then is the data directory released.
+pub(crate) async fn open_sqlite(
+    data_dir: &std::path::Path,
+    sync: SyncMode,
+) -> anyhow::Result<(Store, impl Future<Output = ()> + Send + 'static)> {
+    let (store, writer) = sqlite::SqliteStore::open(data_dir, sync).await?;
+    Ok((Store { backend: Backend::Sqlite(store) }, writer))
+}
+
+impl Store {
+    /// Reads the snapshot and the log tail consistently (one read transaction).
+    pub(crate) async fn load(&self, doc: &DocId) -> Result<Loaded> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.load(doc).await,
+        }
+    }
+
+    /// Durably appends `updates` (in order); returns their seqs once committed.
+    pub(crate) async fn append(&self, doc: &DocId, updates: Vec<Bytes>) -> Result<Appended> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.append(doc, updates).await,
+        }
+    }
+
+    /// Replaces the snapshot with one covering every seq up to `upto_seq` and deletes those
+    /// log rows, in one transaction. A snapshot older than the stored one is ignored (false),
+    /// so two generations of a room racing at unload cannot move a document backwards.
+    pub(crate) async fn compact(
+        &self,
+        doc: &DocId,
+        snapshot: Vec<u8>,
+        upto_seq: i64,
+    ) -> Result<bool> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.compact(doc, snapshot, upto_seq).await,
+        }
+    }
+
+    /// Documents, most recently edited first.
+    pub(crate) async fn list(&self, limit: i64) -> Result<Vec<DocSummary>> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.list(limit).await,
+        }
+    }
+
+    /// Ok when the store answers and can still commit; otherwise the reason.
+    pub(crate) async fn health(&self) -> Result<(), String> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.health().await,
+        }
+    }
+}
+
+/// What the writer has seen, shared with health checks.
+#[derive(Default)]
+struct Health {
+    /// Set when a commit failed for a reason that is not one document's data, cleared by
+    /// the next commit that succeeds.
+    failing: Mutex<Option<String>>,
+    /// Group commits that failed and were retried job by job (tests read it).
+    split_groups: AtomicU64,
+}
+
+impl Health {
+    fn set_failing(&self, reason: Option<String>) {
+        *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+    }
+
+    fn failing(&self) -> Option<String> {
+        self.failing.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn split_group(&self) {
+        self.split_groups.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Checks what a backend read for one document: `head` from its head row, the snapshot's
+/// seq (0 without a snapshot) and the seqs of the log rows, in order. The rows must be
+/// exactly `snapshot_seq + 1 ..= head`.
+fn check_log(
+    doc: &DocId,
+    head: Option<i64>,
+    has_snapshot: bool,
+    snapshot_seq: i64,
+    seqs: &[i64],
+) -> Result<()> {
+    let corrupt = |detail: String| Err(StoreError::corrupt(doc, detail));
+    let Some(head) = head else {
+        if has_snapshot || !seqs.is_empty() {
+            return corrupt("rows stored without a head row".into());
+        }
+        return Ok(());
+    };
+    if !(0..=MAX_SEQ).contains(&head) {
+        return corrupt(format!("head {head} is outside 0..={MAX_SEQ}"));
+    }
+    if !(0..=head).contains(&snapshot_seq) {
+        return corrupt(format!("snapshot seq {snapshot_seq} is outside 0..={head} (the head)"));
+    }
+    let mut expected = snapshot_seq + 1; // no overflow: snapshot_seq <= head <= MAX_SEQ
+    for &seq in seqs {
+        if seq <= snapshot_seq {
+            return corrupt(format!(
+                "log row {seq} is at or below the snapshot's seq {snapshot_seq}"
+            ));
+        }
+        if seq != expected {
+            return corrupt(format!("log rows {expected}..{seq} are missing"));
+        }
+        expected += 1;
+    }
+    if expected - 1 != head {
+        return corrupt(format!("the log ends at {} but the head is {head}", expected - 1));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(head: Option<i64>, snap: bool, snapshot_seq: i64, seqs: &[i64]) -> Result<()> {
+        check_log(&DocId::parse("d").expect("valid"), head, snap, snapshot_seq, seqs)
+    }
+
+    #[test]
+    fn consistent_logs_pass() {
+        check(None, false, 0, &[]).expect("new document");
+        check(Some(3), false, 0, &[1, 2, 3]).expect("log only");
+        check(Some(5), true, 3, &[4, 5]).expect("snapshot + tail");
+        check(Some(3), true, 3, &[]).expect("snapshot only");
+    }
+
+    #[test]
+    fn inconsistencies_are_refused() {
+        for (head, snap, snapshot_seq, seqs) in [
+            (None, false, 0, &[1][..]),      // rows without head
+            (Some(3), false, 0, &[1, 3]),    // gap
+            (Some(3), true, 2, &[2, 3]),     // row at the snapshot's seq
+            (Some(3), true, 9, &[]),         // snapshot beyond the head
+            (Some(5), false, 0, &[1, 2]),    // head beyond the rows: rows missing at the end
+            (Some(2), false, 0, &[1, 2, 3]), // rows beyond the head
+            (Some(i64::MAX), true, i64::MAX, &[]),
+            (Some(-1), false, 0, &[]),
+        ] {
+            let result = check(head, snap, snapshot_seq, seqs);
+            assert!(
+                matches!(result, Err(StoreError::Corrupt { .. })),
+                "{head:?} {snapshot_seq} {seqs:?}: {result:?}"
+            );
+        }
+    }
+}

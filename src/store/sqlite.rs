@@ -1,0 +1,696 @@
+//! The embedded backend: SQLite in WAL mode in `--data-dir`.
+//!
+//! All writes go through one writer task that owns one connection: it drains every queued
+//! job, from every room, into a single transaction. That is group commit across rooms: a
+//! thousand rooms typing at once cost one fsync per batch, not one per update, and SQLite
+//! never sees two writers fight over its lock. Reads (loading a room, listing documents)
+//! use a separate pool, which WAL lets run beside the writer.
+//!
+//! One process per data directory: `tandem.lock` is locked for as long as the writer runs.
+//! Two processes on one file would each think they are the only writer (and SQLite's own
+//! locking does not stop that), so a second one refuses to start.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write as _;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Appended, DocSummary, Health, Loaded, MAX_SEQ, Result, StoreError, check_log};
+use crate::config::SyncMode;
+use crate::id::DocId;
+
+/// Most jobs folded into one transaction; bounds the time a single commit holds the lock.
+const MAX_JOBS_PER_COMMIT: usize = 512;
+/// Rows per multi-row INSERT (SQLite allows 32766 bound parameters; three per row).
+const ROWS_PER_INSERT: usize = 500;
+/// How often the writer looks at the WAL (size, still linked) while it is busy.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
+/// A WAL this large means automatic checkpoints are not keeping up (SQLite's own runs at
+/// ~4 MiB); the writer then checkpoints itself and says so if that fails.
+const WAL_WARN_BYTES: u64 = 64 * 1024 * 1024;
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        match e {
+            sqlx::Error::PoolClosed | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => {
+                StoreError::Unavailable(e.to_string())
+            }
+            other => StoreError::Database(other.to_string()),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(super) struct SqliteStore {
+    reader: SqlitePool,
+    writer: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    health: Health,
+    /// The WAL file as opened at startup. If someone deletes it, SQLite keeps writing into
+    /// the unlinked file and a crash loses everything since the last checkpoint: its link
+    /// count dropping to 0 is how we notice.
+    wal: Option<File>,
+    wal_path: PathBuf,
+}
+
+impl Shared {
+    fn wal_problem(&self) -> Option<String> {
+        let wal = self.wal.as_ref()?;
+        match wal.metadata() {
+            Ok(meta) if meta.nlink() == 0 => Some(format!(
+                "{} was deleted while in use; commits since the last checkpoint are at risk",
+                self.wal_path.display()
+            )),
+            Ok(_) => None,
+            Err(e) => Some(format!("cannot stat {}: {e}", self.wal_path.display())),
+        }
+    }
+}
+
+enum Job {
+    Append { doc: DocId, updates: Vec<Bytes>, reply: oneshot::Sender<Result<Appended>> },
+    Compact { doc: DocId, snapshot: Vec<u8>, upto_seq: i64, reply: oneshot::Sender<Result<bool>> },
+}
+
+/// What one job did, inside a group that committed.
+enum Done {
+    Appended(Appended),
+    Compacted(bool),
+}
+
+impl Job {
+    fn reply(self, result: Result<Done>) {
+        // The room may have gone away (shutdown); nothing to tell then.
+        match self {
+            Job::Append { reply, .. } => {
+                let _ = reply.send(result.and_then(|done| match done {
+                    Done::Appended(a) => Ok(a),
+                    Done::Compacted(_) => {
+                        Err(StoreError::Unavailable("writer mixed up replies".into()))
+                    }
+                }));
+            }
+            Job::Compact { reply, .. } => {
+                let _ = reply.send(result.and_then(|done| match done {
+                    Done::Compacted(c) => Ok(c),
+                    Done::Appended(_) => {
+                        Err(StoreError::Unavailable("writer mixed up replies".into()))
+                    }
+                }));
+            }
+        }
+    }
+
+    fn doc(&self) -> &DocId {
+        match self {
+            Job::Append { doc, .. } | Job::Compact { doc, .. } => doc,
+        }
+    }
+}
+
+impl SqliteStore {
+    pub(super) async fn open(
+        data_dir: &Path,
+        sync: SyncMode,
+    ) -> anyhow::Result<(SqliteStore, impl Future<Output = ()> + Send + 'static)> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+        let lock = lock_data_dir(data_dir)?;
+        let db_path = data_dir.join("tandem.db");
+        if let Ok(meta) = std::fs::metadata(&db_path)
+            && meta.permissions().readonly()
+        {
+            anyhow::bail!(
+                "{} is read-only; tandem must write it (fix its permissions or use another --data-dir)",
+                db_path.display()
+            );
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(&db_path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match sync {
+                SyncMode::Full => SqliteSynchronous::Full,
+                SyncMode::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(Duration::from_secs(10));
+        // A one-connection pool: the migrator wants a pool, the writer wants a connection.
+        let write_pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .with_context(|| format!("opening {}", db_path.display()))?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&write_pool)
+            .await
+            .with_context(|| format!("migrating {}", db_path.display()))?;
+        let mut write_conn = write_pool.acquire().await?.detach();
+        // A real write at startup: SQLite opens a file it cannot write read-only without a
+        // word, and every commit would then fail.
+        sqlx::query(
+            "insert into meta (key, value) values ('opened_at', ?)
+             on conflict (key) do update set value = excluded.value",
+        )
+        .bind(now_millis().to_string())
+        .execute(&mut write_conn)
+        .await
+        .with_context(|| format!("{} is not writable", db_path.display()))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await?;
+        let wal_path = data_dir.join("tandem.db-wal");
+        let shared = Arc::new(Shared {
+            health: Health::default(),
+            wal: File::open(&wal_path).ok(),
+            wal_path,
+        });
+        let (writer, jobs) = mpsc::channel(4096);
+        let store = SqliteStore { reader, writer, shared: shared.clone() };
+        Ok((store, run_writer(write_conn, jobs, shared, lock)))
+    }
+
+    pub(super) async fn load(&self, doc: &DocId) -> Result<Loaded> {
+        let mut tx = self.reader.begin().await?;
+        let head: Option<i64> = sqlx::query_scalar("select head from heads where doc = ?")
+            .bind(doc.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let row = sqlx::query("select snapshot, snapshot_seq from documents where name = ?")
+            .bind(doc.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (snapshot, snapshot_seq) = match row {
+            Some(row) => (row.try_get::<Option<Vec<u8>>, _>(0)?, row.try_get::<i64, _>(1)?),
+            None => (None, 0),
+        };
+        // A NULL snapshot covers nothing, whatever snapshot_seq says.
+        let snapshot_seq = if snapshot.is_some() { snapshot_seq } else { 0 };
+        // Every row, not only those after the snapshot: rows the snapshot should have
+        // replaced are an inconsistency to report, not something to skip.
+        let rows = sqlx::query("select seq, data from updates where doc = ? order by seq")
+            .bind(doc.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut loaded = Loaded { head: head.unwrap_or(0), ..Default::default() };
+        for row in rows {
+            seqs.push(row.try_get::<i64, _>(0)?);
+            let data: Vec<u8> = row.try_get(1)?;
+            loaded.tail_bytes += data.len() as u64;
+            loaded.tail.push(data);
+        }
+        check_log(doc, head, snapshot.is_some(), snapshot_seq, &seqs)?;
+        loaded.snapshot = snapshot;
+        Ok(loaded)
+    }
+
+    pub(super) async fn append(&self, doc: &DocId, updates: Vec<Bytes>) -> Result<Appended> {
+        let (reply, done) = oneshot::channel();
+        self.submit(Job::Append { doc: doc.clone(), updates, reply }, done).await
+    }
+
+    pub(super) async fn compact(
+        &self,
+        doc: &DocId,
+        snapshot: Vec<u8>,
+        upto_seq: i64,
+    ) -> Result<bool> {
+        let (reply, done) = oneshot::channel();
+        self.submit(Job::Compact { doc: doc.clone(), snapshot, upto_seq, reply }, done).await
+    }
+
+    async fn submit<T>(&self, job: Job, done: oneshot::Receiver<Result<T>>) -> Result<T> {
+        let gone = || StoreError::Unavailable("the store writer has stopped".into());
+        self.writer.send(job).await.map_err(|_| gone())?;
+        done.await.map_err(|_| gone())?
+    }
+
+    pub(super) async fn list(&self, limit: i64) -> Result<Vec<DocSummary>> {
+        let rows = sqlx::query(
+            "select doc, created_at, updated_at from heads order by updated_at desc limit ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut docs = Vec::with_capacity(rows.len());
+        for row in rows {
+            docs.push(DocSummary {
+                name: row.try_get(0)?,
+                created_at: row.try_get(1)?,
+                updated_at: row.try_get(2)?,
+            });
+        }
+        Ok(docs)
+    }
+
+    pub(super) async fn health(&self) -> Result<(), String> {
+        if let Some(reason) = self.shared.health.failing() {
+            return Err(format!("commits are failing: {reason}"));
+        }
+        if let Some(problem) = self.shared.wal_problem() {
+            return Err(problem);
+        }
+        sqlx::query("select 1")
+            .execute(&self.reader)
+            .await
+            .map_err(|e| format!("store does not answer: {e}"))?;
+        Ok(())
+    }
+
+    /// Group commits that were retried job by job (for tests of that path).
+    #[cfg(test)]
+    fn split_groups(&self) -> u64 {
+        self.shared.health.split_groups.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Takes `data_dir/tandem.lock` for the life of the process (the OS drops the lock if the
+/// process dies, so a crash never leaves a stale lock behind).
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
+    let path = data_dir.join("tandem.lock");
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            anyhow::bail!(
+                "another tandem process{} is using {} (it holds {}); stop it or use another --data-dir",
+                if holder.is_empty() { String::new() } else { format!(" (pid {holder})") },
+                data_dir.display(),
+                path.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    file.set_len(0)?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
+async fn run_writer(
+    mut conn: SqliteConnection,
+    mut jobs: mpsc::Receiver<Job>,
+    shared: Arc<Shared>,
+    lock: File,
+) {
+    let mut batch = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
+    let mut last_maintenance = Instant::now();
+    let mut wal_reported = false;
+    while jobs.recv_many(&mut batch, MAX_JOBS_PER_COMMIT).await > 0 {
+        commit_group(&mut conn, &mut batch, &shared.health).await;
+        if last_maintenance.elapsed() >= MAINTENANCE_EVERY {
+            last_maintenance = Instant::now();
+            maintain(&mut conn, &shared, &mut wal_reported).await;
+        }
+    }
+    let _ = conn.close().await;
+    // Released only now, after the last commit: a server started next on this directory
+    // (a restart, a test) never overlaps with this writer.
+    drop(lock);
+}
+
+async fn commit_group(conn: &mut SqliteConnection, batch: &mut Vec<Job>, health: &Health) {
+    match write_all(conn, batch).await {
+        Ok(done) => {
+            health.set_failing(None);
+            for (job, done) in batch.drain(..).zip(done) {
+                job.reply(Ok(done));
+            }
+        }
+        Err(e) if batch.len() == 1 => {
+            report_failure(&e, batch[0].doc(), health);
+            if let Some(job) = batch.pop() {
+                job.reply(Err(e));
+            }
+        }
+        Err(e) => {
+            // One bad job must not fail its neighbours: retry each on its own so only
+            // the culprit sees the error.
+            tracing::warn!(error = %e, jobs = batch.len(), "group commit failed, retrying jobs one by one");
+            health.split_group();
+            for job in batch.drain(..) {
+                let result = write_all(conn, std::slice::from_ref(&job)).await;
+                match result {
+                    Ok(mut done) => {
+                        health.set_failing(None);
+                        match done.pop() {
+                            Some(done) => job.reply(Ok(done)),
+                            None => job.reply(Err(StoreError::Unavailable("no result".into()))),
+                        }
+                    }
+                    Err(e) => {
+                        report_failure(&e, job.doc(), health);
+                        job.reply(Err(e));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One log line per failed write, with its cause; failures that are not one document's
+/// data also make the store unhealthy until a commit succeeds again.
+fn report_failure(e: &StoreError, doc: &DocId, health: &Health) {
+    tracing::error!(error = %e, %doc, "store write failed");
+    if !matches!(e, StoreError::Corrupt { .. }) {
+        health.set_failing(Some(e.to_string()));
+    }
+}
+
+/// Looks after the WAL: says loudly when it was deleted, and checkpoints (and says why not)
+/// when it has grown past what SQLite's automatic checkpoints would allow.
+async fn maintain(conn: &mut SqliteConnection, shared: &Shared, wal_reported: &mut bool) {
+    if let Some(problem) = shared.wal_problem() {
+        if !*wal_reported {
+            tracing::error!(problem, "write-ahead log is not safe");
+            *wal_reported = true;
+        }
+        return;
+    }
+    let Some(size) = shared.wal.as_ref().and_then(|f| f.metadata().ok()).map(|m| m.len()) else {
+        return;
+    };
+    if size < WAL_WARN_BYTES {
+        return;
+    }
+    let result: std::result::Result<(i64, i64, i64), sqlx::Error> =
+        sqlx::query_as("pragma wal_checkpoint(truncate)").fetch_one(&mut *conn).await;
+    match result {
+        Ok((0, _, _)) => tracing::info!(wal_bytes = size, "checkpointed a large write-ahead log"),
+        Ok((_, log, done)) => tracing::warn!(
+            wal_bytes = size,
+            frames = log,
+            checkpointed = done,
+            "write-ahead log keeps growing: checkpoint blocked by readers"
+        ),
+        Err(e) => tracing::warn!(wal_bytes = size, error = %e, "write-ahead log checkpoint failed"),
+    }
+}
+
+/// One transaction for all `jobs`. Spelled out as BEGIN IMMEDIATE/COMMIT (rather than
+/// `Connection::begin`) so the write lock is taken up front, not upgraded half-way.
+async fn write_all(conn: &mut SqliteConnection, jobs: &[Job]) -> Result<Vec<Done>> {
+    sqlx::query("begin immediate").execute(&mut *conn).await?;
+    match write_jobs(conn, jobs).await {
+        Ok(done) => {
+            if let Err(e) = sqlx::query("commit").execute(&mut *conn).await {
+                let _ = sqlx::query("rollback").execute(&mut *conn).await;
+                return Err(e.into());
+            }
+            Ok(done)
+        }
+        Err(e) => {
+            let _ = sqlx::query("rollback").execute(&mut *conn).await;
+            Err(e)
+        }
+    }
+}
+
+/// Writes a group of jobs with as few statements as possible: every sqlx statement is a
+/// round trip to SQLite's worker thread, and with a thousand rooms typing those context
+/// switches, not SQLite itself, were the cost. Appends first (all heads in one upsert that
+/// returns the new heads, all rows in multi-row inserts), then compactions: a compaction only
+/// deletes rows at or below its seq, which no append in the same group can have.
+async fn write_jobs(tx: &mut SqliteConnection, jobs: &[Job]) -> Result<Vec<Done>> {
+    let now = now_millis();
+    // Updates per document in this group, in first-seen order.
+    let mut counts: Vec<(&str, i64)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for job in jobs {
+        if let Job::Append { doc, updates, .. } = job {
+            let i = *index.entry(doc.as_str()).or_insert_with(|| {
+                counts.push((doc.as_str(), 0));
+                counts.len() - 1
+            });
+            counts[i].1 += updates.len() as i64;
+        }
+    }
+    // The seq each document's next update in this group gets.
+    let mut next: HashMap<String, i64> = HashMap::with_capacity(counts.len());
+    for chunk in counts.chunks(ROWS_PER_INSERT) {
+        let mut upsert: QueryBuilder<Sqlite> =
+            QueryBuilder::new("insert into heads (doc, head, created_at, updated_at) ");
+        upsert.push_values(chunk, |mut row, (doc, n)| {
+            row.push_bind(*doc).push_bind(*n).push_bind(now).push_bind(now);
+        });
+        // The guard keeps the head from overflowing into a float; a document that would
+        // is simply not returned, and fails below.
+        upsert.push(
+            " on conflict (doc) do update set head = heads.head + excluded.head,
+                 updated_at = excluded.updated_at
+              where heads.head <= ",
+        );
+        upsert.push_bind(MAX_SEQ);
+        upsert.push(" - excluded.head returning doc, head");
+        for row in upsert.build().fetch_all(&mut *tx).await? {
+            let (doc, head): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+            let n = chunk.iter().find(|(d, _)| *d == doc).map_or(0, |(_, n)| *n);
+            next.insert(doc, head - n + 1);
+        }
+    }
+    let mut done = Vec::with_capacity(jobs.len());
+    let mut rows: Vec<(&str, i64, &[u8])> = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Append { doc, updates, .. } => {
+                let Some(first) = next.get_mut(doc.as_str()) else {
+                    return Err(StoreError::corrupt(doc, format!("no seq left below {MAX_SEQ}")));
+                };
+                let start = *first;
+                rows.extend(
+                    updates.iter().zip(start..).map(|(u, seq)| (doc.as_str(), seq, u.as_ref())),
+                );
+                *first += updates.len() as i64;
+                done.push(Done::Appended(Appended { first: start, last: *first - 1 }));
+            }
+            Job::Compact { .. } => done.push(Done::Compacted(false)),
+        }
+    }
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut insert: QueryBuilder<Sqlite> =
+            QueryBuilder::new("insert into updates (doc, seq, data) ");
+        insert.push_values(chunk, |mut row, (doc, seq, data)| {
+            row.push_bind(*doc).push_bind(*seq).push_bind(*data);
+        });
+        insert.build().execute(&mut *tx).await?;
+    }
+    for (job, done) in jobs.iter().zip(done.iter_mut()) {
+        if let Job::Compact { doc, snapshot, upto_seq, .. } = job {
+            *done = Done::Compacted(compact_one(tx, doc, snapshot, *upto_seq, now).await?);
+        }
+    }
+    Ok(done)
+}
+
+async fn compact_one(
+    tx: &mut SqliteConnection,
+    doc: &DocId,
+    snapshot: &[u8],
+    upto_seq: i64,
+    now: i64,
+) -> Result<bool> {
+    let head: Option<i64> = sqlx::query_scalar("select head from heads where doc = ?")
+        .bind(doc.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+    if head.is_none_or(|head| upto_seq > head) || upto_seq < 1 {
+        return Err(StoreError::corrupt(
+            doc,
+            format!("snapshot up to {upto_seq} is past the head {head:?}"),
+        ));
+    }
+    let replaced = sqlx::query(
+        "insert into documents (name, snapshot, snapshot_seq, created_at, updated_at)
+         values (?, ?, ?, ?, ?)
+         on conflict (name) do update set snapshot = excluded.snapshot,
+            snapshot_seq = excluded.snapshot_seq
+         where excluded.snapshot_seq > documents.snapshot_seq or documents.snapshot is null",
+    )
+    .bind(doc.as_str())
+    .bind(snapshot)
+    .bind(upto_seq)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if replaced > 0 {
+        sqlx::query("delete from updates where doc = ? and seq <= ?")
+            .bind(doc.as_str())
+            .bind(upto_seq)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(replaced > 0)
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn open(dir: &Path) -> (SqliteStore, tokio::task::JoinHandle<()>) {
+        let (store, writer) = SqliteStore::open(dir, SyncMode::Normal).await.expect("open");
+        (store, tokio::spawn(writer))
+    }
+
+    fn doc(name: &str) -> DocId {
+        DocId::parse(name).expect("valid")
+    }
+
+    fn bytes(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    async fn raw(dir: &Path) -> SqliteConnection {
+        let url = format!("sqlite://{}", dir.join("tandem.db").display());
+        SqliteConnection::connect(&url).await.expect("raw connection")
+    }
+
+    #[tokio::test]
+    async fn seqs_are_handed_out_by_the_store_and_load_returns_snapshot_plus_tail() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (store, writer) = open(tmp.path()).await;
+        let d = doc("d");
+        assert_eq!(
+            store.append(&d, vec![bytes("a"), bytes("b")]).await.expect("append"),
+            Appended { first: 1, last: 2 }
+        );
+        assert_eq!(
+            store.append(&d, vec![bytes("c")]).await.expect("append"),
+            Appended { first: 3, last: 3 }
+        );
+        assert!(store.compact(&d, b"snap".to_vec(), 2).await.expect("compact"));
+        store.append(&d, vec![bytes("d")]).await.expect("append");
+        let loaded = store.load(&d).await.expect("load");
+        assert_eq!(loaded.snapshot.as_deref(), Some(&b"snap"[..]));
+        assert_eq!(loaded.tail, vec![b"c".to_vec(), b"d".to_vec()]);
+        assert_eq!(loaded.head, 4);
+        let fresh = store.load(&doc("never")).await.expect("load");
+        assert_eq!((fresh.head, fresh.snapshot, fresh.tail.len()), (0, None, 0));
+        drop(store);
+        writer.await.expect("writer");
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_never_goes_backwards() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (store, _writer) = open(tmp.path()).await;
+        let d = doc("d");
+        store.append(&d, (0..5).map(|i| bytes(&i.to_string())).collect()).await.expect("append");
+        assert!(store.compact(&d, b"newer".to_vec(), 4).await.expect("compact"));
+        // An older generation of the room compacting late must not replace it.
+        assert!(!store.compact(&d, b"older".to_vec(), 2).await.expect("compact"));
+        let loaded = store.load(&d).await.expect("load");
+        assert_eq!(loaded.snapshot.as_deref(), Some(&b"newer"[..]));
+        assert_eq!(loaded.tail, vec![b"4".to_vec()]);
+        // Nor may a snapshot claim seqs that were never handed out.
+        assert!(matches!(
+            store.compact(&d, b"future".to_vec(), 99).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_failed_group_commit_fails_only_its_culprit() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (store, writer) = SqliteStore::open(tmp.path(), SyncMode::Normal).await.expect("open");
+        let (good, bad) = (doc("good"), doc("bad"));
+        let mut conn = raw(tmp.path()).await;
+        sqlx::query("insert into heads values ('bad', ?, 0, 0)")
+            .bind(MAX_SEQ)
+            .execute(&mut conn)
+            .await
+            .expect("exhaust bad's seqs");
+        // Both appends are queued before the writer runs, so they share one group.
+        let (a, b) = (store.clone(), store.clone());
+        let good_append = tokio::spawn({
+            let good = good.clone();
+            async move { a.append(&good, vec![bytes("kept")]).await }
+        });
+        let bad_append = tokio::spawn({
+            let bad = bad.clone();
+            async move { b.append(&bad, vec![bytes("lost")]).await }
+        });
+        while store.writer.capacity() > store.writer.max_capacity() - 2 {
+            tokio::task::yield_now().await;
+        }
+        let writer = tokio::spawn(writer);
+        assert_eq!(
+            good_append.await.expect("task").expect("good commits"),
+            Appended { first: 1, last: 1 }
+        );
+        assert!(matches!(bad_append.await.expect("task"), Err(StoreError::Corrupt { .. })));
+        assert_eq!(store.split_groups(), 1, "the group was split and retried");
+        assert_eq!(store.load(&good).await.expect("load").tail, vec![b"kept".to_vec()]);
+        assert!(store.health().await.is_ok(), "one document's problem is not the store's");
+        drop(store);
+        writer.await.expect("writer");
+    }
+
+    #[tokio::test]
+    async fn inconsistent_metadata_is_refused_not_served_in_part() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (store, _writer) = open(tmp.path()).await;
+        let d = doc("d");
+        store.append(&d, vec![bytes("a"), bytes("b"), bytes("c")]).await.expect("append");
+        let mut conn = raw(tmp.path()).await;
+        // A snapshot seq past every row would hide the whole log.
+        sqlx::query("insert into documents values ('d', x'00', 7, 0, 0)")
+            .execute(&mut conn)
+            .await
+            .expect("tamper");
+        assert!(matches!(store.load(&d).await, Err(StoreError::Corrupt { .. })));
+        // A NULL snapshot covers nothing: the full log is served.
+        sqlx::query("update documents set snapshot = null")
+            .execute(&mut conn)
+            .await
+            .expect("tamper");
+        assert_eq!(store.load(&d).await.expect("load").tail.len(), 3);
+        // A gap in the log.
+        sqlx::query("delete from updates where seq = 2").execute(&mut conn).await.expect("tamper");
+        assert!(matches!(store.load(&d).await, Err(StoreError::Corrupt { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_second_process_on_the_same_directory_is_refused() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (store, writer) = open(tmp.path()).await;
+        let second = SqliteStore::open(tmp.path(), SyncMode::Normal).await;
+        let message = second.err().expect("second open must fail").to_string();
+        assert!(message.contains("another tandem process"), "{message}");
+        drop(store);
+        writer.await.expect("writer");
+        // Once the first writer is gone, the directory is free again.
+        let (_store, _writer) = open(tmp.path()).await;
+    }
+}
