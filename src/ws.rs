@@ -42,6 +42,8 @@ use crate::rooms::Rooms;
 
 /// How long we keep trying to deliver a close frame before dropping the connection.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long we then wait for the peer's Close (a live client answers at once).
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// tungstenite allocates the whole read buffer up front (128 KiB by default), most of an
 /// idle connection's memory; 8 KiB covers typical frames, and bigger ones grow it.
 const READ_BUFFER: usize = 8 * 1024;
@@ -235,11 +237,25 @@ async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
             }
             // Best effort: the close frame queues behind whatever the peer has not read yet
             // (a slow consumer may have megabytes buffered), so give it a while, then drop.
-            let _ = timeout(CLOSE_TIMEOUT, async {
-                sink.send(close(&e)).await?;
-                sink.close().await
-            })
-            .await;
+            if let Ok(Ok(())) = timeout(CLOSE_TIMEOUT, sink.send(close(&e))).await {
+                // Then read until the peer's own Close (briefly, and not during shutdown):
+                // dropping TCP while the peer still writes (pongs, updates) makes the kernel
+                // answer with a reset, and the peer loses our close frame and its reason.
+                let _ = timeout(CLOSE_LINGER, async {
+                    tokio::select! {
+                        _ = async {
+                            while let Some(Ok(msg)) = stream.next().await {
+                                if matches!(msg, Message::Close(_)) {
+                                    break;
+                                }
+                            }
+                        } => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                })
+                .await;
+                let _ = sink.close().await;
+            }
         }
     }
 }

@@ -86,7 +86,7 @@ async fn oversized_frame() {
 #[tokio::test]
 async fn bad_document_names_get_http_400() {
     let server = TestServer::start().await;
-    for name in ["a%20b", "%C3%A4", "a..%2Fb", &"x".repeat(201)] {
+    for name in ["a%20b", "%C3%A4", "a..%2Fb", "...", "%2E%2E", &"x".repeat(201)] {
         let (status, body) = common::http_get(&server.http(&format!("/ws/{name}"))).await;
         assert_eq!(status, 400, "{name}: {body}");
         assert!(body.contains("invalid document name"), "{body}");
@@ -101,7 +101,7 @@ async fn nothing_of_a_rejected_update_is_stored() {
     good.insert(0, "ok").await;
     good.pump_until(|c| c.updates_received == 1).await;
     // A frame with a valid update followed by garbage: the whole frame is refused.
-    let mut frame = protocol::sync_update(&good.doc.transact_mut_update("evil")).to_vec();
+    let mut frame = protocol::sync_update(&good.update_on_copy("evil")).to_vec();
     frame.extend_from_slice(&[0xff, 0xff]);
     let mut bad = YClient::join(&server, "doc").await;
     bad.send(Bytes::from(frame)).await;
@@ -113,20 +113,105 @@ async fn nothing_of_a_rejected_update_is_stored() {
     drop(tmp);
 }
 
-trait EvilUpdate {
-    fn transact_mut_update(&self, s: &str) -> Vec<u8>;
+/// Upgrades that get the RFC 6455 handshake wrong are refused before anything opens.
+#[tokio::test]
+async fn broken_handshakes_get_http_400_with_a_reason() {
+    let server = TestServer::start().await;
+    let url = server.http("/ws/doc");
+    let upgrade = |key: &'static str| {
+        vec![
+            ("Connection", "Upgrade"),
+            ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", key),
+        ]
+    };
+    for key in ["x", "not base64 at all!!", "dGhlIHNhbXBsZSBub25jZSEh"] {
+        let response = common::http_raw(&url, "HTTP/1.1", &upgrade(key)).await;
+        assert_eq!(response.status, 400, "key {key:?}");
+        assert!(response.text().contains("Sec-WebSocket-Key"), "{}", response.text());
+    }
+    let mut no_key = upgrade("x");
+    no_key.pop();
+    assert_eq!(common::http_raw(&url, "HTTP/1.1", &no_key).await.status, 400);
+    let http10 = common::http_raw(&url, "HTTP/1.0", &upgrade("dGhlIHNhbXBsZSBub25jZQ==")).await;
+    assert_eq!(http10.status, 400, "{}", http10.headers);
+    assert!(http10.text().contains("HTTP/1.1"), "{}", http10.text());
+    // The valid key from RFC 6455 still upgrades.
+    let ok = common::http_raw(&url, "HTTP/1.1", &upgrade("dGhlIHNhbXBsZSBub25jZQ==")).await;
+    assert_eq!(ok.status, 101, "{}", ok.headers);
+    assert!(
+        ok.headers.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{}",
+        ok.headers
+    );
 }
 
-impl EvilUpdate for yrs::Doc {
-    /// An update that would append `s`, made on a clone so the sender's doc is unchanged.
-    fn transact_mut_update(&self, s: &str) -> Vec<u8> {
-        use yrs::{ReadTxn, Text, Transact, updates::decoder::Decode};
-        let copy = yrs::Doc::new();
-        let state = self.transact().encode_state_as_update_v1(&Default::default());
-        copy.transact_mut().apply_update(yrs::Update::decode_v1(&state).unwrap()).unwrap();
-        let text = copy.get_or_insert_text("t");
-        let mut txn = copy.transact_mut();
-        text.push(&mut txn, s);
-        txn.encode_update_v1()
+/// A stored row that does not decode is the store's fault, not a client's: 1011, and the
+/// document is refused as a whole rather than served without it.
+#[tokio::test]
+async fn a_corrupt_stored_row_closes_with_1011_not_1007() {
+    let server = TestServer::start().await;
+    let mut a = YClient::join(&server, "doc").await;
+    a.insert(0, "before").await;
+    a.pump_until(|c| c.updates_received == 1).await;
+    let data_dir = server.data_dir.clone();
+    a.close().await;
+    let tmp = server.stop().await;
+    let mut conn = common::db_rw(&data_dir).await;
+    sqlx::query("insert into updates (doc, seq, data) values ('doc', 2, x'ffffffff')")
+        .execute(&mut conn)
+        .await
+        .expect("damage");
+    sqlx::query("update heads set head = 2 where doc = 'doc'")
+        .execute(&mut conn)
+        .await
+        .expect("damage");
+    drop(conn);
+    let server = TestServer::start_in(&data_dir, |_| {}).await;
+    let mut client = YClient::connect(&server.url("doc")).await.expect("upgrade");
+    let (code, reason) = client.expect_close().await;
+    assert_eq!(code, 1011, "{reason}");
+    assert!(reason.contains("inconsistent"), "{reason}");
+    // Other documents are unaffected.
+    let mut other = YClient::join(&server, "other").await;
+    other.insert(0, "fine").await;
+    other.pump_until(|c| c.updates_received == 1).await;
+    server.stop().await;
+    drop(tmp);
+}
+
+/// Metadata that does not match the rows (a snapshot seq past every row, a head at the end
+/// of the seq space) is refused with 1011 instead of serving an empty or partial document.
+#[tokio::test]
+async fn inconsistent_metadata_is_refused_and_nothing_is_lost() {
+    for tamper in [
+        "insert into documents values ('doc', null, 999, 0, 0)",
+        "insert into documents values ('doc', x'0000', 999, 0, 0)",
+        "update heads set head = 9223372036854775807",
+    ] {
+        let server = TestServer::start().await;
+        let mut a = YClient::join(&server, "doc").await;
+        for i in 0..5 {
+            a.insert(i, "x").await;
+        }
+        a.pump_until(|c| c.updates_received == 5).await;
+        let data_dir = server.data_dir.clone();
+        a.close().await;
+        let tmp = server.stop().await;
+        let mut conn = common::db_rw(&data_dir).await;
+        sqlx::query(tamper).execute(&mut conn).await.expect("tamper");
+        drop(conn);
+        let server = TestServer::start_in(&data_dir, |_| {}).await;
+        let mut client = YClient::connect(&server.url("doc")).await.expect("upgrade");
+        match client.expect_close_or_text().await {
+            // A NULL snapshot covers nothing: every row is served.
+            Ok(text) => assert_eq!(text, "xxxxx", "{tamper}"),
+            Err((code, reason)) => assert_eq!(code, 1011, "{tamper}: {reason}"),
+        }
+        server.stop().await;
+        let rows = common::count_log_rows(&data_dir).await;
+        assert_eq!(rows, 5, "{tamper}: no stored row was touched");
+        drop(tmp);
     }
 }

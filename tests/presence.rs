@@ -58,7 +58,30 @@ async fn silent_peer_is_closed_by_ping_timeout() {
     b.pump_until(|c| c.live_awareness() == vec![21]).await;
     // a stops reading; b keeps reading (and so answers pings).
     b.pump_until(|c| c.live_awareness().is_empty()).await;
-    drop(a);
+    // When a reads again, it finds the reason it was closed.
+    let (code, reason) = a.expect_close().await;
+    assert_eq!(code, 4000, "{reason}");
+}
+
+/// A presence change whose batch window contains a sweep tick used to wait for the next
+/// unrelated message (the sweep took the batch and did not send it).
+#[tokio::test]
+async fn a_batched_presence_change_is_never_stranded_by_a_sweep() {
+    // Sweeps every 1 s (a quarter of the timeout); a batch window of 3 s spans them.
+    let server = TestServer::start_with(|c| {
+        c.awareness_batch_ms = 3000;
+        c.awareness_timeout_secs = 4.0;
+    })
+    .await;
+    let mut a = YClient::join(&server, "doc").await;
+    let mut b = YClient::join(&server, "doc").await;
+    a.set_awareness(51, 1, r#"{"cursor":1}"#).await;
+    // Nothing else is sent by anyone: the batch must go out on its own.
+    let started = tokio::time::Instant::now();
+    b.pump_until(|c| c.live_awareness() == vec![51]).await;
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(4), "arrived after {waited:?}");
+    a.pump_for(Duration::from_millis(10)).await;
 }
 
 #[tokio::test]
@@ -88,9 +111,11 @@ async fn stale_clock_is_not_relayed() {
 
 #[tokio::test]
 async fn peer_that_cannot_keep_up_is_closed_not_skipped() {
+    // Pings far apart, so that only the full queue can end the sleeper's connection (with
+    // 0.5 s pings, the ping timeout raced the queue filling up).
     let server = TestServer::start_with(|c| {
         c.peer_queue = 32;
-        c.ping_interval_secs = 0.5;
+        c.ping_interval_secs = 30.0;
     })
     .await;
     let mut writer = YClient::join(&server, "doc").await;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TestServer, YClient, reload_text};
+use common::{TestServer, YClient, count_log_rows, reload_text};
 use yrs::{ReadTxn, StateVector, Transact};
 
 #[tokio::test]
@@ -19,12 +19,26 @@ async fn concurrent_editors_converge() {
     assert!(a.text().contains("hello ") && a.text().contains("world"));
 }
 
+/// The echo is the durable acknowledgement the editor's "Saved" relies on: byte-identical
+/// to what was sent, and only sent once the row is committed.
 #[tokio::test]
-async fn sender_gets_an_echo_after_commit() {
+async fn sender_gets_an_exact_echo_after_commit() {
     let server = TestServer::start().await;
     let mut a = YClient::join(&server, "doc").await;
-    a.insert(0, "x").await;
-    a.pump_until(|c| c.updates_received == 1).await;
+    let mut db = common::db(&server.data_dir).await;
+    for (i, s) in ["x", "yz", "a longer edit"].into_iter().enumerate() {
+        let sent = a.insert(0, s).await;
+        a.pump_until(|c| c.updates_received == i + 1).await;
+        assert_eq!(a.received[i], sent, "echo is byte-identical");
+        // Checked the moment the echo arrived: the row is already committed.
+        let stored: Vec<Vec<u8>> =
+            sqlx::query_scalar("select data from updates where doc = 'doc' order by seq")
+                .fetch_all(&mut db)
+                .await
+                .expect("read log");
+        assert_eq!(stored.last(), Some(&sent), "the echoed bytes are the stored row");
+        assert_eq!(stored.len(), i + 1);
+    }
 }
 
 #[tokio::test]
@@ -77,7 +91,6 @@ async fn offline_edits_merge_on_reconnect() {
     b.drop_abruptly();
 
     // Both edit while b is offline.
-    b_doc.transact_mut(); // b's doc is still usable locally
     a.insert(4, " online").await;
     {
         let text = b_doc.get_or_insert_text("t");
@@ -176,13 +189,6 @@ async fn missing_state_vector_entries_give_full_state() {
     let b = YClient::join(&server, "doc").await;
     assert_eq!(b.doc.transact().state_vector(), a.doc.transact().state_vector());
     assert_ne!(b.doc.transact().state_vector(), StateVector::default());
-}
-
-async fn count_log_rows(data_dir: &std::path::Path) -> i64 {
-    use sqlx::Connection;
-    let url = format!("sqlite://{}?mode=ro", data_dir.join("tandem.db").display());
-    let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open db");
-    sqlx::query_scalar("select count(*) from updates").fetch_one(&mut conn).await.expect("count")
 }
 
 #[tokio::test]

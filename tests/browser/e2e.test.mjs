@@ -10,7 +10,8 @@ import { join } from 'node:path'
 import { chromium } from 'playwright-core'
 import { ROOT, startServer as start } from '../support/tandem-process.mjs'
 
-const WEB = process.env.TANDEM_WEB_DIR || join(ROOT, 'web', 'dist')
+// The editor built into the binary, unless TANDEM_WEB_DIR points at a build to try.
+const WEB = process.env.TANDEM_WEB_DIR ?? null
 const ARTIFACTS = process.env.ARTIFACTS || join(ROOT, 'target', 'artifacts')
 const startServer = (dataDir, listen) => start(dataDir, { listen, webDir: WEB })
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium'
@@ -174,7 +175,12 @@ test('undo takes back only your own edits', async () => {
   await converge([pa, pb], t => t === 'Start. Ada.')
   await typeAtEnd(pb, ' Bob.')
   await converge([pa, pb], t => t === 'Start. Ada. Bob.')
-  await pb.waitForTimeout(600) // each person's typing closes as one undo step
+  // Close each person's typing as one undo step (instead of waiting out the capture window).
+  await Promise.all([pa, pb].map(p => p.evaluate(() => {
+    const { state } = window.tandem.editor
+    const undo = state.plugins.find(plugin => plugin.key.startsWith('y-undo'))
+    undo.getState(state).undoManager.stopCapturing()
+  })))
 
   await pb.keyboard.press('Control+z') // Bob undoes: his words go, Ada's stay
   await converge([pa, pb], t => t === 'Start. Ada.')
@@ -196,7 +202,9 @@ test('offline: both sides edit, the offline side comes back, nothing is lost', a
   await pb.waitForFunction(() => document.getElementById('status').dataset.state === 'offline')
   await typeAtEnd(pb, ' Bob offline.')
   await typeAtEnd(pa, ' Ada online.')
-  await new Promise(resolve => setTimeout(resolve, 300))
+  // Ada's edit made the round trip (the server echoed it after its commit), so anything
+  // Bob could have leaked would have reached her by now.
+  await pa.waitForFunction(() => document.getElementById('saved').dataset.state === 'saved')
   assert.ok(!(await text(pa)).includes('Bob offline'), 'offline edits must not arrive while offline')
   assert.equal(await pb.evaluate(() => document.getElementById('saved').dataset.state), 'local')
 
@@ -221,8 +229,17 @@ test('an offline reload keeps the offline edits, which sync later', async () => 
   await bob.setOffline(true)
   await pb.waitForFunction(() => document.getElementById('status').dataset.state === 'offline')
   await typeAtEnd(pb, ' Typed offline, then reloaded.')
-  // y-indexeddb writes asynchronously; give it a moment before pulling the page away.
-  await pb.waitForTimeout(500)
+  // y-indexeddb writes each update in its own IndexedDB transaction; a read-write
+  // transaction opened now completes only after all of them (IndexedDB runs overlapping
+  // read-write transactions in order), so then the edit is on disk.
+  await pb.evaluate(async () => {
+    const db = await window.tandem.local._db
+    await new Promise((resolve, reject) => {
+      const tx = db.transaction(['updates'], 'readwrite')
+      tx.oncomplete = resolve
+      tx.onerror = () => reject(tx.error)
+    })
+  })
   await pb.reload()
   await pb.waitForFunction(() => window.tandem?.editor.getText().includes('Typed offline, then reloaded.'), null, { timeout: 10000 })
   assert.equal(await pb.evaluate(() => document.getElementById('status').dataset.state), 'offline')

@@ -3,14 +3,20 @@
 #![allow(dead_code)] // each test binary uses a different subset
 #![allow(unreachable_pub)] // a module of each test crate: `pub` is how tests reach it
 
+#[path = "../../src/bin/tandem-bench/http.rs"]
+mod http_client;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tandem::protocol::{self, Incoming};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
@@ -19,7 +25,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
 use yrs::updates::decoder::Decode;
-use yrs::{ClientID, Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+use yrs::{
+    ClientID, Doc, GetString, ReadTxn, StateVector, Text, TextRef, Transact, TransactionMut, Update,
+};
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -95,25 +103,28 @@ pub struct YClient {
     pub step2_sizes: Vec<usize>,
     /// Update frames received (echoes included).
     pub updates_received: usize,
+    /// The payloads of those update frames, as received.
+    pub received: Vec<Vec<u8>>,
     pub closed: Option<(u16, String)>,
 }
 
 impl YClient {
     /// Connects and completes the y-sync handshake both ways.
     pub async fn join(server: &TestServer, doc: &str) -> YClient {
-        let mut client = Self::connect(&server.url(doc)).await.expect("connect");
-        client.handshake().await;
-        client
+        Self::join_url_with(&server.url(doc), Doc::new()).await
     }
 
     pub async fn join_url(url: &str) -> YClient {
-        let mut client = Self::connect(url).await.expect("connect");
-        client.handshake().await;
-        client
+        Self::join_url_with(url, Doc::new()).await
     }
 
+    /// Joins with an existing document (a client coming back with what it had).
     pub async fn join_with(server: &TestServer, doc: &str, ydoc: Doc) -> YClient {
-        let mut client = Self::connect(&server.url(doc)).await.expect("connect");
+        Self::join_url_with(&server.url(doc), ydoc).await
+    }
+
+    pub async fn join_url_with(url: &str, ydoc: Doc) -> YClient {
+        let mut client = Self::connect(url).await.expect("connect");
         client.doc = ydoc;
         client.handshake().await;
         client
@@ -127,6 +138,7 @@ impl YClient {
             awareness: Default::default(),
             step2_sizes: Vec::new(),
             updates_received: 0,
+            received: Vec::new(),
             closed: None,
         })
     }
@@ -144,36 +156,51 @@ impl YClient {
         text.get_string(&self.doc.transact())
     }
 
+    /// Changes the local text with `change` and returns the update, without sending it.
+    pub fn edit(&self, change: impl FnOnce(&TextRef, &mut TransactionMut)) -> Vec<u8> {
+        let text = self.doc.get_or_insert_text("t");
+        let mut txn = self.doc.transact_mut();
+        change(&text, &mut txn);
+        txn.encode_update_v1()
+    }
+
     /// Inserts at `index` (clamped) and sends the resulting update.
     pub async fn insert(&mut self, index: u32, s: &str) -> Vec<u8> {
-        let update = {
-            let text = self.doc.get_or_insert_text("t");
-            let mut txn = self.doc.transact_mut();
-            let len = text.len(&txn);
-            text.insert(&mut txn, index.min(len), s);
-            txn.encode_update_v1()
-        };
+        let update = self.insert_offline(index, s);
         self.send(protocol::sync_update(&update)).await;
         update
     }
 
     /// Appends `s` and sends the update, ignoring a dead socket (for crash tests).
     pub async fn try_push(&mut self, s: &str) {
-        let update = {
-            let text = self.doc.get_or_insert_text("t");
-            let mut txn = self.doc.transact_mut();
-            text.push(&mut txn, s);
-            txn.encode_update_v1()
-        };
+        let update = self.edit(|text, txn| text.push(txn, s));
         let _ = self.socket.send(Message::Binary(protocol::sync_update(&update))).await;
     }
 
-    /// Edits offline: changes the local doc without telling anyone.
-    pub fn insert_offline(&self, index: u32, s: &str) {
-        let text = self.doc.get_or_insert_text("t");
-        let mut txn = self.doc.transact_mut();
-        let len = text.len(&txn);
-        text.insert(&mut txn, index.min(len), s);
+    /// Edits offline: changes the local doc without telling anyone; returns the update.
+    pub fn insert_offline(&self, index: u32, s: &str) -> Vec<u8> {
+        self.edit(|text, txn| {
+            let len = text.len(txn);
+            text.insert(txn, index.min(len), s);
+        })
+    }
+
+    /// An update that would append `s`, made on a copy, so this client's doc is unchanged.
+    pub fn update_on_copy(&self, s: &str) -> Vec<u8> {
+        let copy = YClient::doc_copy(&self.doc);
+        let text = copy.get_or_insert_text("t");
+        let mut txn = copy.transact_mut();
+        text.push(&mut txn, s);
+        txn.encode_update_v1()
+    }
+
+    fn doc_copy(doc: &Doc) -> Doc {
+        let copy = Doc::new();
+        let state = doc.transact().encode_state_as_update_v1(&StateVector::default());
+        copy.transact_mut()
+            .apply_update(Update::decode_v1(&state).expect("own state"))
+            .expect("applies");
+        copy
     }
 
     pub async fn set_awareness(&mut self, client_id: u64, clock: u32, json: &str) {
@@ -270,6 +297,7 @@ impl YClient {
                         ServerMsg::Update(update) => {
                             self.updates_received += 1;
                             self.apply(&update);
+                            self.received.push(update);
                         }
                         ServerMsg::Awareness(update) => {
                             for (id, entry) in update.clients {
@@ -286,6 +314,8 @@ impl YClient {
             Message::Close(frame) => {
                 let closed = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
                 self.closed = Some(closed.unwrap_or((u16::from(CloseCode::Status), String::new())));
+                // Answer the close now, as a live client does (tungstenite queued the reply).
+                let _ = self.socket.flush().await;
             }
             _ => {}
         }
@@ -341,40 +371,122 @@ pub async fn reload_text(data_dir: &Path, doc: &str) -> String {
     text
 }
 
+pub(crate) use http_client::HttpResponse;
+
 pub async fn http_get(url: &str) -> (u16, String) {
     let response = http(url, "GET", None).await;
-    (response.status, response.body)
+    (response.status, response.text())
 }
 
-pub struct HttpResponse {
-    pub status: u16,
-    /// Status line and header lines, lower-cased.
-    pub headers: String,
-    pub body: String,
-}
-
-/// A tiny HTTP/1.1 client over a raw socket: enough for status codes, headers and small
-/// bodies, without pulling an HTTP client into the build.
+/// A JSON request (or none) through the one hand-written client.
 pub async fn http(url: &str, method: &str, json: Option<&str>) -> HttpResponse {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) =
-        rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-    let mut stream = TcpStream::connect(host).await.expect("connect");
-    let body = json.unwrap_or("");
-    let content = if json.is_some() { "Content-Type: application/json\r\n" } else { "" };
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{content}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    timeout(WAIT, stream.read_to_end(&mut response))
+    match json {
+        Some(json) => http_bytes(url, method, "application/json", json.as_bytes()).await,
+        None => http_client::request(url, method, "HTTP/1.1", &[], b"").await.expect("http"),
+    }
+}
+
+pub async fn http_bytes(url: &str, method: &str, content_type: &str, body: &[u8]) -> HttpResponse {
+    http_client::request(url, method, "HTTP/1.1", &[("Content-Type", content_type)], body)
         .await
-        .expect("response in time")
-        .expect("read");
-    let response = String::from_utf8_lossy(&response).to_string();
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    HttpResponse { status, headers: head.to_lowercase(), body: body.to_string() }
+        .expect("http")
+}
+
+/// A request with exactly these headers and HTTP version (handshake tests).
+pub async fn http_raw(url: &str, version: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    http_client::request(url, "GET", version, headers, b"").await.expect("http")
+}
+
+/// A read connection to a data dir's database (what is committed, from outside the server).
+pub async fn db(data_dir: &Path) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}?mode=ro", data_dir.join("tandem.db").display());
+    sqlx::SqliteConnection::connect(&url).await.expect("open db")
+}
+
+/// A read-write connection, to damage a stopped server's database on purpose.
+pub async fn db_rw(data_dir: &Path) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", data_dir.join("tandem.db").display());
+    sqlx::SqliteConnection::connect(&url).await.expect("open db")
+}
+
+pub async fn count_log_rows(data_dir: &Path) -> i64 {
+    sqlx::query_scalar("select count(*) from updates")
+        .fetch_one(&mut db(data_dir).await)
+        .await
+        .expect("count")
+}
+
+/// The real `tandem` binary on `data_dir`, started on an ephemeral port. Returns once it
+/// printed `listening addr=…`, or Err with everything it printed if it exited first.
+pub async fn spawn_binary(data_dir: &Path, extra: &[&str]) -> Result<(Child, String), String> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["--listen", "127.0.0.1:0", "--web-dir=", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn tandem");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut printed = String::new();
+    let found = timeout(WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(addr) = line.strip_prefix("listening addr=") {
+                return Some(addr.trim().to_string());
+            }
+            printed.push_str(&line);
+            printed.push('\n');
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    match found {
+        Some(addr) => {
+            // Keep draining both pipes so the child never blocks on a full one.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            let mut errors = BufReader::new(stderr).lines();
+            tokio::spawn(async move { while let Ok(Some(_)) = errors.next_line().await {} });
+            Ok((child, addr))
+        }
+        None => {
+            let mut rest = String::new();
+            let _ = tokio::io::AsyncReadExt::read_to_string(&mut BufReader::new(stderr), &mut rest)
+                .await;
+            Err(printed + &rest)
+        }
+    }
+}
+
+impl YClient {
+    /// After `connect`: either the handshake completes (Ok with the text) or the server
+    /// closes the connection (Err with code and reason).
+    pub async fn expect_close_or_text(&mut self) -> Result<String, (u16, String)> {
+        let sv = self.doc.transact().state_vector();
+        let _ = self.socket.send(Message::Binary(protocol::sync_step1(&sv))).await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(closed) = &self.closed {
+                return Err(closed.clone());
+            }
+            if !self.step2_sizes.is_empty() {
+                return Ok(self.text());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match timeout(left, self.socket.next()).await {
+                Err(_) => panic!("neither synced nor closed"),
+                Ok(None) | Ok(Some(Err(_))) => {
+                    return Err(self.closed.clone().unwrap_or((1006, String::new())));
+                }
+                Ok(Some(Ok(msg))) => self.handle(msg).await,
+            }
+        }
+    }
 }

@@ -77,7 +77,11 @@ test('offline edits merge when the connection returns', async () => {
   b.provider.disconnect()
   a.text.insert(4, ' online')
   b.text.insert(0, 'offline ')
-  await new Promise(resolve => setTimeout(resolve, 100))
+  // A fresh client seeing a's edit means the server committed and relayed it; had b's
+  // offline edit leaked, it would be there too.
+  const watcher = connect(server, 'offline')
+  await waitFor(() => watcher.text.toString().includes('online'), 'a\'s edit at a fresh client')
+  assert.equal(watcher.text.toString(), 'base online', 'offline edit must not leak')
   assert.equal(a.text.toString(), 'base online', 'offline edit must not leak')
   b.provider.connect()
   await waitFor(() => a.text.toString() === 'offline base online' && b.text.toString() === a.text.toString(), 'merge')
@@ -143,8 +147,10 @@ test('SIGTERM closes sockets with 1001, exits 0, and a restart keeps every docum
   const a = connect(server, 'restart')
   await synced(a)
   a.text.insert(0, 'survives restarts')
-  // The echo of our update is the durable acknowledgement; wait until we are synced again.
-  await new Promise(resolve => setTimeout(resolve, 200))
+  // Peers receive an update only after its commit: once a second client has it, it is durable.
+  const watcher = connect(server, 'restart')
+  await waitFor(() => watcher.text.toString() === 'survives restarts', 'the committed edit')
+  watcher.provider.shouldConnect = false
   const raw = new WebSocket(`ws://${server.addr}/ws/restart`)
   await new Promise(resolve => raw.on('open', resolve))
   const closed = new Promise(resolve => raw.on('close', code => resolve(code)))

@@ -1,6 +1,7 @@
 // Starts the real `tandem` binary for the Node suites (tests/interop, tests/browser) and
-// resolves once it logs the address it bound. Node built-ins only, so either suite can
-// import it without installing anything.
+// resolves once it prints `listening addr=HOST:PORT` (a plain stdout line, printed once the
+// store is open; the Rust suites and .ci/run wait for the same line). Node built-ins only,
+// so either suite can import it without installing anything.
 import { spawn } from 'node:child_process'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -10,12 +11,15 @@ export const BIN = process.env.TANDEM_BIN || join(ROOT, 'target', 'debug', 'tand
 
 /**
  * @param {string} dataDir
- * @param {{ listen?: string, webDir?: string }} options  webDir '' disables the pages
+ * @param {{ listen?: string, webDir?: string|null }} options  webDir '' disables the pages,
+ *   null serves the editor built into the binary
  * @returns {Promise<{ child, addr: string, exited: Promise<number|null> }>}
  */
 export function startServer (dataDir, { listen = '127.0.0.1:0', webDir = '' } = {}) {
   return new Promise((resolve, reject) => {
-    const child = spawn(BIN, ['--listen', listen, `--web-dir=${webDir}`, '--data-dir', dataDir], {
+    const args = ['--listen', listen, '--data-dir', dataDir]
+    if (webDir !== null) args.push(`--web-dir=${webDir}`)
+    const child = spawn(BIN, args, {
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn,tandem=info' },
       stdio: ['ignore', 'pipe', 'inherit']
     })
@@ -24,7 +28,7 @@ export function startServer (dataDir, { listen = '127.0.0.1:0', webDir = '' } = 
     const timer = setTimeout(() => reject(new Error('tandem did not start: ' + log)), 15000)
     child.stdout.on('data', chunk => {
       log += chunk
-      const m = log.match(/listening addr=(\S+)/)
+      const m = log.match(/^listening addr=(\S+)$/m)
       if (m && !child.addr) {
         child.addr = m[1]
         clearTimeout(timer)

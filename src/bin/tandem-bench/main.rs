@@ -7,6 +7,7 @@
 //! tandem-bench report results/*.json
 //! ```
 
+mod http;
 mod load;
 mod proc;
 mod relay;
@@ -285,22 +286,12 @@ fn report(files: &[PathBuf]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Minimal HTTP POST (JSON) for y-sweet's document creation.
+/// HTTP POST (JSON) for y-sweet's document creation.
 pub(crate) async fn http_post(url: &str, json: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("http:// only"))?;
-    let (host, path) =
-        rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-    let mut stream = tokio::net::TcpStream::connect(host).await?;
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
-        json.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    if !response.starts_with("HTTP/1.1 2") {
-        anyhow::bail!("POST {url}: {}", response.lines().next().unwrap_or(""));
+    let headers = [("Content-Type", "application/json")];
+    let response = http::request(url, "POST", "HTTP/1.1", &headers, json.as_bytes()).await?;
+    if !(200..300).contains(&response.status) {
+        anyhow::bail!("POST {url}: {}", response.headers.lines().next().unwrap_or(""));
     }
-    Ok(response)
+    Ok(response.text())
 }
