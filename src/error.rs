@@ -107,6 +107,15 @@ impl Error {
         }
     }
 
+    /// The text worth logging: for storage failures, the store's own cause (clients only
+    /// get the short reason).
+    pub(crate) fn cause(&self) -> String {
+        match self {
+            Error::Store(cause) => cause.to_string(),
+            other => other.to_string(),
+        }
+    }
+
     /// Reason text for a close frame: the display string cut to the 123 bytes RFC 6455 allows.
     pub(crate) fn close_reason(&self) -> String {
         let mut reason = self.to_string();
@@ -123,8 +132,8 @@ impl Error {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        if let Error::Store(cause) = &self {
-            tracing::error!(error = %cause, "request failed");
+        if matches!(self, Error::Store(_)) {
+            tracing::error!(error = %self.cause(), "request failed");
         }
         let body = serde_json::json!({ "error": self.to_string() });
         (self.status_code(), axum::Json(body)).into_response()

@@ -6,11 +6,11 @@
 //! name and are cached for a year (`immutable`); the pages and the service worker keep their
 //! names across builds and are revalidated on every load, so a new build shows at once.
 
-use std::borrow::Cow;
 use std::path::{Component, Path, PathBuf};
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
+use bytes::Bytes;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/web_assets.rs"));
@@ -50,19 +50,20 @@ impl Web {
         }
     }
 
-    async fn read(&self, name: &str) -> Option<Cow<'static, [u8]>> {
+    /// The file's bytes: borrowed from the binary (no copy per request) or read from disk.
+    async fn read(&self, name: &str) -> Option<Bytes> {
         match self {
             Web::Embedded => embedded::FILES
                 .binary_search_by(|(n, _)| (*n).cmp(name))
                 .ok()
-                .map(|i| Cow::Borrowed(embedded::FILES[i].1)),
+                .map(|i| Bytes::from_static(embedded::FILES[i].1)),
             Web::Dir(dir) => {
                 // Only plain relative paths: nothing outside the directory is ever read.
                 let rel = Path::new(name);
                 if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
                     return None;
                 }
-                tokio::fs::read(dir.join(rel)).await.ok().map(Cow::Owned)
+                tokio::fs::read(dir.join(rel)).await.ok().map(Bytes::from)
             }
             Web::Off => None,
         }
@@ -72,11 +73,7 @@ impl Web {
     /// there is none.
     pub(crate) async fn page(&self, name: &str) -> Response {
         match self.read(name).await {
-            Some(html) => (
-                [(header::CACHE_CONTROL, REVALIDATE)],
-                Html(String::from_utf8_lossy(&html).into_owned()),
-            )
-                .into_response(),
+            Some(html) => ([(header::CACHE_CONTROL, REVALIDATE)], Html(html)).into_response(),
             None => (StatusCode::SERVICE_UNAVAILABLE, Html(NOT_BUILT)).into_response(),
         }
     }
@@ -87,7 +84,7 @@ impl Web {
             return (StatusCode::NOT_FOUND, "not found").into_response();
         };
         let cache = if name.starts_with("assets/") { IMMUTABLE } else { REVALIDATE };
-        let mut response = bytes.into_owned().into_response();
+        let mut response = bytes.into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(name)));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));

@@ -204,16 +204,6 @@ fn refuse(msg: RoomMsg, error: &Error) {
     }
 }
 
-impl Error {
-    /// The text worth logging: for storage failures, the store's own cause.
-    fn cause(&self) -> String {
-        match self {
-            Error::Store(cause) => cause.to_string(),
-            other => other.to_string(),
-        }
-    }
-}
-
 struct Room {
     core: RoomCore,
     lease: Lease,
