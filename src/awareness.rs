@@ -5,6 +5,10 @@
 //! behalf, every state a connection announced, and sweep states nobody renewed. This module
 //! keeps that bookkeeping apart from the room loop and has no IO, so it is tested directly.
 //!
+//! It also holds presence to account: a connection may set or remove only client ids it
+//! introduced first (nobody can overwrite or hide another person's cursor), and the room's
+//! states together stay under a byte cap.
+//!
 //! It owns its own `yrs::sync::Awareness` over a private, empty `Doc`: awareness never reads
 //! document content, and keeping it apart means the room's `Doc` is touched only by updates.
 
@@ -16,6 +20,7 @@ use yrs::sync::Awareness;
 use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
 use yrs::{ClientID, Doc};
 
+use crate::error::Error;
 use crate::id::PeerId;
 use crate::protocol;
 
@@ -23,6 +28,12 @@ pub(crate) struct Presence {
     awareness: Awareness,
     /// Client ids each connection announced a live state for.
     owners: HashMap<PeerId, HashSet<ClientID>>,
+    /// The connection that introduced each live client id: only it may change that id.
+    owner_of: HashMap<ClientID, PeerId>,
+    /// Bytes of each live state's JSON, and their sum (bounded by `max_bytes`).
+    sizes: HashMap<ClientID, usize>,
+    total_bytes: usize,
+    max_bytes: usize,
     timeout: Duration,
     origin: Instant,
     /// Entries applied since the last `take_pending` (the latest per client): relayed as
@@ -31,26 +42,60 @@ pub(crate) struct Presence {
 }
 
 impl Presence {
-    pub(crate) fn new(timeout: Duration) -> Presence {
+    pub(crate) fn new(timeout: Duration, max_bytes: usize) -> Presence {
         // A monotonic clock on tokio's time, so paused-time tests can drive the sweep.
         let origin = Instant::now();
         let clock = move || origin.elapsed().as_millis() as u64;
         let awareness = Awareness::with_clock(Doc::new(), clock);
-        Presence { awareness, owners: HashMap::new(), timeout, origin, pending: HashMap::new() }
+        Presence {
+            awareness,
+            owners: HashMap::new(),
+            owner_of: HashMap::new(),
+            sizes: HashMap::new(),
+            total_bytes: 0,
+            max_bytes,
+            timeout,
+            origin,
+            pending: HashMap::new(),
+        }
     }
 
-    /// Applies a peer's awareness update; true when anything changed and it should be relayed.
-    pub(crate) fn apply(&mut self, peer: PeerId, update: AwarenessUpdate) -> bool {
+    /// Applies a peer's awareness update; Ok(true) when anything changed and it should be
+    /// relayed. Entries for client ids another connection introduced are dropped; an update
+    /// that would take the room past its byte cap is refused (the caller closes the peer).
+    pub(crate) fn apply(&mut self, peer: PeerId, mut update: AwarenessUpdate) -> Result<bool, Error> {
+        update.clients.retain(|id, _| self.owner_of.get(id).is_none_or(|owner| *owner == peer));
+        if update.clients.is_empty() {
+            return Ok(false);
+        }
+        let mut total = self.total_bytes;
+        for (id, entry) in &update.clients {
+            let new = if &*entry.json == "null" { 0 } else { entry.json.len() };
+            total = total - self.sizes.get(id).copied().unwrap_or(0) + new;
+        }
+        if total > self.max_bytes {
+            return Err(Error::PresenceFull { limit: self.max_bytes });
+        }
         let entries = update.clients.clone();
         let summary = match self.awareness.apply_update_summary(update) {
             Ok(Some(summary)) => summary,
             // Ok(None): every entry was stale. Err only arises for unknown ids on encode.
-            Ok(None) | Err(_) => return false,
+            Ok(None) | Err(_) => return Ok(false),
         };
         let owned = self.owners.entry(peer).or_default();
-        owned.extend(summary.added.iter().chain(&summary.updated).copied());
+        for id in summary.added.iter().chain(&summary.updated) {
+            owned.insert(*id);
+        }
         for id in &summary.removed {
             owned.remove(id);
+        }
+        for id in summary.added.iter().chain(&summary.updated) {
+            self.owner_of.insert(*id, peer);
+            let size = entries.get(id).map_or(0, |e| e.json.len());
+            self.total_bytes = self.total_bytes + size - self.sizes.insert(*id, size).unwrap_or(0);
+        }
+        for id in &summary.removed {
+            self.forget(*id);
         }
         let changed = summary.added.iter().chain(&summary.updated).chain(&summary.removed);
         for id in changed {
@@ -58,7 +103,18 @@ impl Presence {
                 self.pending.insert(*id, entry.clone());
             }
         }
-        true
+        Ok(true)
+    }
+
+    fn forget(&mut self, id: ClientID) {
+        self.owner_of.remove(&id);
+        self.total_bytes -= self.sizes.remove(&id).unwrap_or(0);
+    }
+
+    /// Bytes of live states, for tests and limits.
+    #[cfg(test)]
+    pub(crate) fn total_bytes(&self) -> usize {
+        self.total_bytes
     }
 
     /// One frame with every state that changed since the last call, if any did.
@@ -121,6 +177,7 @@ impl Presence {
         for id in &live {
             self.awareness.remove_state(*id);
             self.pending.remove(id);
+            self.forget(*id);
         }
         let update = self.awareness.update_with_clients(live).ok()?;
         Some(protocol::awareness(&update))
@@ -144,12 +201,12 @@ mod tests {
 
     #[tokio::test]
     async fn leaving_peer_retracts_only_its_states() {
-        let mut presence = Presence::new(Duration::from_secs(30));
+        let mut presence = Presence::new(Duration::from_secs(30), 1 << 20);
         let (a, b) = (PeerId::new(), PeerId::new());
-        assert!(presence.apply(a, state(1, 1, "{\"n\":1}")));
-        assert!(presence.apply(b, state(2, 1, "{\"n\":2}")));
+        assert_eq!(presence.apply(a, state(1, 1, "{\"n\":1}")), Ok(true));
+        assert_eq!(presence.apply(b, state(2, 1, "{\"n\":2}")), Ok(true));
         assert!(presence.take_pending().is_some());
-        assert!(!presence.apply(b, state(2, 1, "{\"n\":2}")), "stale clock is not relayed");
+        assert_eq!(presence.apply(b, state(2, 1, "{\"n\":2}")), Ok(false), "stale clock is not relayed");
         assert!(presence.take_pending().is_none());
         assert_eq!(presence.live_states(), 2);
         assert!(presence.remove_peer(a).is_some());
@@ -159,16 +216,47 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn sweep_removes_states_not_renewed() {
-        let mut presence = Presence::new(Duration::from_secs(30));
+        let mut presence = Presence::new(Duration::from_secs(30), 1 << 20);
         let peer = PeerId::new();
-        presence.apply(peer, state(1, 1, "{}"));
+        let _ = presence.apply(peer, state(1, 1, "{}"));
         tokio::time::advance(Duration::from_secs(20)).await;
-        presence.apply(peer, state(2, 1, "{}"));
+        let _ = presence.apply(peer, state(2, 1, "{}"));
         assert!(presence.sweep().is_none());
         tokio::time::advance(Duration::from_secs(15)).await;
         assert!(presence.sweep().is_some());
         assert_eq!(presence.live_states(), 1, "the renewed state stays");
         assert!(presence.remove_peer(peer).is_some());
         assert_eq!(presence.live_states(), 0);
+    }
+
+    #[tokio::test]
+    async fn nobody_overwrites_or_removes_another_connections_state() {
+        let mut presence = Presence::new(Duration::from_secs(30), 1 << 20);
+        let (victim, attacker) = (PeerId::new(), PeerId::new());
+        assert_eq!(presence.apply(victim, state(1, 1, "{\"n\":\"v\"}")), Ok(true));
+        presence.take_pending();
+        // A higher clock would hide the victim's state; a null would remove it.
+        assert_eq!(presence.apply(attacker, state(1, 99, "{\"n\":\"x\"}")), Ok(false));
+        assert_eq!(presence.apply(attacker, state(1, 99, "null")), Ok(false));
+        assert!(presence.take_pending().is_none());
+        assert_eq!(presence.live_states(), 1);
+        // Once the victim leaves, its id is free again.
+        assert!(presence.remove_peer(victim).is_some());
+        assert_eq!(presence.apply(attacker, state(1, 100, "{}")), Ok(true));
+    }
+
+    #[tokio::test]
+    async fn a_room_holds_a_bounded_amount_of_presence() {
+        let mut presence = Presence::new(Duration::from_secs(30), 100);
+        let big = format!("{{\"a\":\"{}\"}}", "x".repeat(40));
+        let (a, b) = (PeerId::new(), PeerId::new());
+        assert_eq!(presence.apply(a, state(1, 1, &big)), Ok(true));
+        assert_eq!(presence.apply(b, state(2, 1, &big)), Ok(true));
+        assert!(matches!(presence.apply(b, state(3, 1, &big)), Err(Error::PresenceFull { .. })));
+        // Replacing one's own state counts the difference, not the sum.
+        assert_eq!(presence.apply(a, state(1, 2, &big)), Ok(true));
+        assert_eq!(presence.total_bytes(), 2 * big.len());
+        assert!(presence.remove_peer(a).is_some());
+        assert_eq!(presence.total_bytes(), big.len());
     }
 }

@@ -116,9 +116,14 @@ impl ColourBook {
         colour
     }
 
-    /// A connection of `browser` joined. Browsers that never asked for a colour are not
-    /// tracked (stock clients choose their own).
+    /// A connection of `browser` joined (only our editor and token holders name one; stock
+    /// clients choose their own colour and are not tracked).
     pub(crate) fn connected(&mut self, browser: &BrowserId) {
+        if !self.browsers.contains_key(browser) {
+            // It asked while the room was not loaded (see `Rooms::colour`): it was told
+            // the colour `assign` gives in an empty room, and gets it here if still free.
+            self.assign(browser);
+        }
         if let Some(holder) = self.browsers.get_mut(browser) {
             holder.connections += 1;
             if !holder.counted {

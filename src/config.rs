@@ -71,6 +71,120 @@ pub struct Config {
     /// survives a process crash but may lose the last commits on power loss.
     #[arg(long, env = "TANDEM_SYNC", value_enum, default_value_t = SyncMode::Full)]
     pub sync: SyncMode,
+
+    // ---- access control (README: Access control) ----------------------------------------
+    /// HS256 secret for tokens (taken as raw UTF-8 bytes). Without any key the server is
+    /// open: anyone who can reach it can read and write every document.
+    #[arg(long, env = "TANDEM_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+
+    /// A PEM public key (Ed25519 → EdDSA, P-256 → ES256) named `KID.pem`; repeatable
+    /// (the environment variable takes a comma-separated list).
+    #[arg(long, env = "TANDEM_AUTH_PUBLIC_KEY", value_delimiter = ',')]
+    pub auth_public_key: Vec<PathBuf>,
+
+    /// Browser origins allowed to open WebSockets (comma-separated, e.g.
+    /// `https://app.example.com`); empty allows any. Requests without `Origin` (not from a
+    /// browser) are not affected.
+    #[arg(long, env = "TANDEM_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    // ---- limits (README: Limits) ---------------------------------------------------------
+    /// WebSocket connections for the whole server; beyond it the upgrade gets HTTP 503.
+    #[arg(long, env = "TANDEM_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// WebSocket connections per client IP address (HTTP 503 beyond); 0 = no limit (the
+    /// default: behind a proxy every client has the proxy's address).
+    #[arg(long, env = "TANDEM_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// Documents loaded at once; beyond it new rooms are refused (1013 / HTTP 503).
+    #[arg(long, env = "TANDEM_MAX_ROOMS", default_value_t = 10_000)]
+    pub max_rooms: usize,
+
+    /// Updates per second one connection may send (a token bucket; closing 1008 beyond).
+    #[arg(long, env = "TANDEM_MAX_UPDATES_PER_SEC", default_value_t = 200.0)]
+    pub max_updates_per_sec: f64,
+
+    /// Burst of updates above the rate (typing, pasting and an offline resync stay below).
+    #[arg(long, env = "TANDEM_MAX_UPDATES_BURST", default_value_t = 1000.0)]
+    pub max_updates_burst: f64,
+
+    /// Awareness client ids one connection may announce (closing 1008 beyond).
+    #[arg(long, env = "TANDEM_MAX_AWARENESS_IDS", default_value_t = 8)]
+    pub max_awareness_ids: usize,
+
+    /// Bytes of one awareness state (closing 1009 beyond).
+    #[arg(long, env = "TANDEM_MAX_AWARENESS_BYTES", default_value_t = 65536)]
+    pub max_awareness_bytes: usize,
+
+    /// Awareness bytes per second one connection may send (burst: 16 × the state limit;
+    /// closing 1008 beyond).
+    #[arg(long, env = "TANDEM_MAX_AWARENESS_BYTES_PER_SEC", default_value_t = 262_144.0)]
+    pub max_awareness_bytes_per_sec: f64,
+
+    /// Awareness bytes one room holds in all; a state that would pass it closes its
+    /// connection (1008).
+    #[arg(long, env = "TANDEM_MAX_ROOM_AWARENESS_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_room_awareness_bytes: usize,
+
+    /// Full-state requests (SyncStep1) one connection may make per minute, after a burst
+    /// of 10 (closing 1008 beyond).
+    #[arg(long, env = "TANDEM_MAX_STATE_REQUESTS_PER_MIN", default_value_t = 60.0)]
+    pub max_state_requests_per_min: f64,
+
+    /// Bytes of state (SyncStep2 replies) one connection may be sent per minute beyond its
+    /// first reply, which is always served (closing 1008 beyond).
+    #[arg(long, env = "TANDEM_MAX_STATE_BYTES_PER_MIN", default_value_t = 64 * 1024 * 1024)]
+    pub max_state_bytes_per_min: u64,
+
+    /// Bytes a document may hold (stored snapshot + log); an update that would pass it is
+    /// refused and not stored (close 4413, HTTP 413).
+    #[arg(long, env = "TANDEM_MAX_DOC_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_doc_bytes: u64,
+
+    /// Seconds a client has to send a request's headers (idle keep-alive connections are
+    /// closed after the same time).
+    #[arg(long, env = "TANDEM_HEADER_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub header_timeout_secs: f64,
+
+    /// Seconds an HTTP request (its body included) may take before it is answered 408.
+    #[arg(long, env = "TANDEM_REQUEST_TIMEOUT_SECS", default_value_t = 30.0)]
+    pub request_timeout_secs: f64,
+}
+
+/// The command line: `tandem [FLAGS]` serves; `tandem token …` and `tandem share …` mint.
+#[derive(Debug, Parser)]
+#[command(name = "tandem", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Print a signed access token (see README: Access control).
+    Token(crate::auth::mint::TokenArgs),
+    /// Print an editor link carrying a token: BASE/d/DOC#token=JWT.
+    Share(crate::auth::mint::ShareArgs),
+}
+
+impl Command {
+    /// Runs a minting command; prints the token or link on stdout.
+    pub fn run(&self) -> anyhow::Result<()> {
+        match self {
+            Command::Token(args) => println!("{}", crate::auth::mint::token(args)?),
+            Command::Share(args) => {
+                let (link, jti) = crate::auth::mint::share(args)?;
+                println!("{link}");
+                eprintln!("jti={jti} (revoke with POST /api/admin/revoke {{\"jti\": \"{jti}\"}})");
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,6 +212,14 @@ impl Config {
 
     pub fn ping_interval(&self) -> Duration {
         Duration::from_secs_f64(self.ping_interval_secs.max(0.05))
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.header_timeout_secs.max(0.1))
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.request_timeout_secs.max(0.1))
     }
 
     pub fn awareness_timeout(&self) -> Duration {

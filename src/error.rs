@@ -22,11 +22,17 @@ pub(crate) mod close_code {
     pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
     /// The peer did not answer pings for two intervals.
     pub(crate) const PING_TIMEOUT: u16 = 4000;
+    /// No valid token (missing, malformed, bad signature, expired, not yet valid, revoked).
+    pub(crate) const UNAUTHORIZED: u16 = 4401;
+    /// A valid token without a grant for this document.
+    pub(crate) const FORBIDDEN: u16 = 4403;
+    /// The update would take the document past `--max-doc-bytes`.
+    pub(crate) const DOC_TOO_LARGE: u16 = 4413;
 }
 
 /// Everything that can end a request or a connection. `Clone` because one failure (a
 /// commit that did not happen) is told to every peer of a room.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     #[error("invalid document name: {0}")]
     BadDocName(&'static str),
@@ -60,6 +66,30 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("room unavailable")]
     RoomGone,
+    /// The reason is the whole message ("token expired", "token revoked", ...).
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("origin not allowed")]
+    OriginRefused,
+    #[error("document too large (limit {limit} bytes)")]
+    DocTooLarge { limit: u64 },
+    /// A per-connection rate limit (updates, awareness bytes, state requests).
+    #[error("rate limit: {0}")]
+    RateLimited(String),
+    #[error("too many awareness client ids on one connection (limit {limit})")]
+    TooManyAwarenessIds { limit: usize },
+    #[error("awareness state larger than {limit} bytes")]
+    AwarenessTooLarge { limit: usize },
+    #[error("the room's presence is full ({limit} bytes)")]
+    PresenceFull { limit: usize },
+    /// A server-wide cap (connections, rooms) is reached; try again (elsewhere) later.
+    #[error("server busy: {0}")]
+    Overloaded(String),
+    /// A bug (a caught panic); the cause is logged where it happened.
+    #[error("internal error")]
+    Internal,
 }
 
 fn store_reason(e: &StoreError) -> &'static str {
@@ -81,7 +111,16 @@ impl Error {
             | Error::UnknownMessage(_)
             | Error::InvalidUpdate(_)
             | Error::InvalidAwareness(_) => StatusCode::BAD_REQUEST,
-            Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::TooLarge { .. }
+            | Error::DocTooLarge { .. }
+            | Error::AwarenessTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) | Error::OriginRefused => StatusCode::FORBIDDEN,
+            Error::RateLimited(_) | Error::TooManyAwarenessIds { .. } | Error::PresenceFull { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Error::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Error::SlowConsumer | Error::PingTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::ShuttingDown | Error::RoomGone => StatusCode::SERVICE_UNAVAILABLE,
             Error::Store(StoreError::Corrupt { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -95,12 +134,20 @@ impl Error {
             Error::BadDocName(_)
             | Error::BadBrowserId
             | Error::BadHandshake(_)
-            | Error::BadRequest(_) => POLICY_VIOLATION,
+            | Error::BadRequest(_)
+            | Error::OriginRefused
+            | Error::RateLimited(_)
+            | Error::TooManyAwarenessIds { .. }
+            | Error::PresenceFull { .. } => POLICY_VIOLATION,
             Error::BadFrame(_) | Error::UnknownMessage(_) => PROTOCOL_ERROR,
             Error::TextFrame => UNSUPPORTED_DATA,
             Error::InvalidUpdate(_) | Error::InvalidAwareness(_) => INVALID_PAYLOAD,
-            Error::TooLarge { .. } => TOO_BIG,
-            Error::SlowConsumer => TRY_AGAIN_LATER,
+            Error::TooLarge { .. } | Error::AwarenessTooLarge { .. } => TOO_BIG,
+            Error::SlowConsumer | Error::Overloaded(_) => TRY_AGAIN_LATER,
+            Error::Unauthorized(_) => UNAUTHORIZED,
+            Error::Forbidden(_) => FORBIDDEN,
+            Error::DocTooLarge { .. } => DOC_TOO_LARGE,
+            Error::Internal => INTERNAL_ERROR,
             Error::PingTimeout => PING_TIMEOUT,
             Error::ShuttingDown => GOING_AWAY,
             Error::Store(_) | Error::RoomGone => INTERNAL_ERROR,
@@ -136,7 +183,14 @@ impl IntoResponse for Error {
             tracing::error!(error = %self.cause(), "request failed");
         }
         let body = serde_json::json!({ "error": self.to_string() });
-        (self.status_code(), axum::Json(body)).into_response()
+        let mut response = (self.status_code(), axum::Json(body)).into_response();
+        if matches!(self, Error::Unauthorized(_)) {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }
 
@@ -159,6 +213,13 @@ mod tests {
             Error::Store(StoreError::Unavailable("x".into())),
             Error::Store(StoreError::Corrupt { doc: "d".into(), detail: "x".into() }),
             Error::RoomGone,
+            Error::Unauthorized("token expired".into()),
+            Error::Forbidden("no access".into()),
+            Error::DocTooLarge { limit: 1 },
+            Error::RateLimited("updates".into()),
+            Error::AwarenessTooLarge { limit: 1 },
+            Error::Overloaded("rooms".into()),
+            Error::Internal,
         ];
         for e in errors {
             let row = format!("| {} |", e.close_code());

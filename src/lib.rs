@@ -10,6 +10,7 @@
 //! - `room`: the task that owns one document (`room::core`: its logic, no IO);
 //!   `rooms`: the registry of rooms
 //! - `awareness`: presence bookkeeping (who announced which cursor, ghost removal)
+//! - `auth`: tokens, grants, the deny list, minting; `limit`: token buckets
 //! - `colour`: cursor colours per room
 //! - `store`: storage API; `store::sqlite`: the embedded backend, the only SQL
 //! - `id`: validated identifiers
@@ -17,12 +18,14 @@
 //! The public API is what the binaries and the tests need: `serve`, `Config`, `protocol`
 //! (to speak to a server), `colour::PALETTE`, and the error types `protocol` returns.
 
+pub mod auth;
 mod awareness;
 pub mod colour;
 pub mod config;
 mod error;
 mod http;
 mod id;
+mod limit;
 pub mod protocol;
 mod room;
 mod rooms;
@@ -61,6 +64,16 @@ pub async fn serve(
         .await
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let writer = tokio::spawn(writer);
+    let keys = auth::Keys::from_config(config.auth_secret.as_deref(), &config.auth_public_key)
+        .context("loading the auth keys")?;
+    if keys.is_none() {
+        tracing::warn!(
+            "auth disabled: anyone who can reach this port can read and write every document"
+        );
+    }
+    let revocations = auth::Revocations::new(store.revocations().await.context("reading the deny list")?);
+    let auth = auth::Auth::new(keys, revocations);
+    raise_open_files_limit();
     let tracker = TaskTracker::new();
     let token = CancellationToken::new();
     let rooms = rooms::Rooms::new(room::RoomDeps {
@@ -82,30 +95,19 @@ pub async fn serve(
         conn: ws::ConnDeps {
             rooms: rooms.clone(),
             config: config.clone(),
+            auth: auth.clone(),
+            slots: ws::Slots::default(),
             tracker: tracker.clone(),
             shutdown: token.clone(),
         },
+        auth,
         rooms,
     };
     let addr = listener.local_addr()?;
     println!("listening addr={addr}");
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "serving");
-    let stop = token.clone();
-    // Nagle's algorithm would hold back small frames (a keystroke is ~30 bytes) until the
-    // previous ones are acknowledged: measured as ~9 ms of median latency in a busy room.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down");
-            stop.cancel();
-        })
-        .await
-        .context("serving http")?;
+    let app = http::router(state);
+    accept_loop(listener, app, &config, shutdown, token.clone()).await;
     token.cancel();
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
@@ -118,4 +120,88 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Accepts connections until `shutdown`, then lets open HTTP requests finish (upgraded
+/// WebSockets are tracked apart, in `tracker`). Hand-rolled rather than `axum::serve` for
+/// a header-read timeout (hyper needs a timer for it) and the peer's address.
+async fn accept_loop(
+    listener: TcpListener,
+    app: axum::Router,
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    token: CancellationToken,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
+
+    let http = TaskTracker::new();
+    let header_timeout = config.header_timeout();
+    tokio::pin!(shutdown);
+    let mut last_accept_error: Option<tokio::time::Instant> = None;
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, typically: say so once a second, not per attempt,
+                    // and give the connections that hold them a moment to go.
+                    if last_accept_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        tracing::error!(error = %e, "accept failed");
+                        last_accept_error = Some(tokio::time::Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Nagle's algorithm would hold back small frames (a keystroke is ~30 bytes) until
+        // the previous ones are acknowledged: measured as ~9 ms of median latency.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        let service = app.clone().map_request(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(remote));
+            request
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(
+                TokioIo::new(tcp),
+                hyper_util::service::TowerToHyperService::new(service),
+            )
+            .with_upgrades();
+        let stop = token.clone();
+        http.spawn(async move {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, %remote, "http connection ended");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down");
+    token.cancel();
+    http.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, http.wait()).await.is_err() {
+        tracing::warn!("some http requests did not finish in time");
+    }
+}
+
+/// Every connection holds a descriptor; the usual soft limit (1,024) is far below what one
+/// server holds, while the hard limit is not. Raised once, at startup.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
+    }
 }

@@ -1,11 +1,16 @@
-//! The `tandem` binary: parse flags, set up logs, bind, serve until SIGINT or SIGTERM.
+//! The `tandem` binary: parse flags, set up logs, bind, serve until SIGINT or SIGTERM (or
+//! run a minting command: `tandem token`, `tandem share`).
 
 use anyhow::Context;
 use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = tandem::Config::parse();
+    let cli = tandem::config::Cli::parse();
+    if let Some(command) = cli.command {
+        return command.run();
+    }
+    let config = cli.serve;
     tandem::telemetry::init();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

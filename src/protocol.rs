@@ -40,8 +40,24 @@ pub enum Incoming {
     QueryAwareness,
 }
 
+/// Bounds on what one frame may carry, checked while decoding so that a hostile frame
+/// is refused before it costs memory (a million tiny awareness states fit in 8 MiB).
+#[derive(Debug, Clone, Copy)]
+pub struct FrameLimits {
+    /// Awareness entries in one frame (a connection may not announce more ids anyway).
+    pub max_awareness_entries: usize,
+    /// Bytes of one awareness state's JSON.
+    pub max_awareness_bytes: usize,
+}
+
+impl Default for FrameLimits {
+    fn default() -> FrameLimits {
+        FrameLimits { max_awareness_entries: 8, max_awareness_bytes: 65536 }
+    }
+}
+
 /// Decodes every message packed into one binary WebSocket frame.
-pub fn decode_frame(frame: &Bytes) -> Result<Vec<Incoming>, Error> {
+pub fn decode_frame(frame: &Bytes, limits: &FrameLimits) -> Result<Vec<Incoming>, Error> {
     let mut cursor = Cursor::new(frame);
     let mut out = Vec::with_capacity(1);
     while cursor.has_content() {
@@ -64,7 +80,7 @@ pub fn decode_frame(frame: &Bytes) -> Result<Vec<Incoming>, Error> {
             }
             t if t == MSG_AWARENESS as u64 => {
                 let payload = cursor.read_buf().map_err(bad_frame)?;
-                out.push(Incoming::Awareness { update: decode_awareness(payload)? });
+                out.push(Incoming::Awareness { update: decode_awareness(payload, limits)? });
             }
             t if t == MSG_QUERY_AWARENESS as u64 => out.push(Incoming::QueryAwareness),
             t if t == MSG_AUTH as u64 => return Err(Error::UnknownMessage(tag)),
@@ -82,13 +98,16 @@ pub fn decode_update(raw: &[u8]) -> Result<Update, Error> {
     guarded(|| Update::decode_v1(raw)).map_err(Error::InvalidUpdate)
 }
 
-fn decode_awareness(payload: &[u8]) -> Result<AwarenessUpdate, Error> {
+fn decode_awareness(payload: &[u8], limits: &FrameLimits) -> Result<AwarenessUpdate, Error> {
     let mut cursor = Cursor::new(payload);
     let bad = |e: yrs::encoding::read::Error| Error::InvalidAwareness(e.to_string());
     let len: u64 = cursor.read_var().map_err(bad)?;
     // Each entry takes at least three bytes, which bounds `len` by the payload.
     if len > payload.len() as u64 / 3 + 1 {
         return Err(Error::InvalidAwareness("entry count exceeds payload".into()));
+    }
+    if len > limits.max_awareness_entries as u64 {
+        return Err(Error::TooManyAwarenessIds { limit: limits.max_awareness_entries });
     }
     let mut update = AwarenessUpdate { clients: Default::default() };
     for _ in 0..len {
@@ -98,6 +117,9 @@ fn decode_awareness(payload: &[u8]) -> Result<AwarenessUpdate, Error> {
         }
         let clock: u32 = cursor.read_var().map_err(bad)?;
         let json = cursor.read_string().map_err(bad)?;
+        if json.len() > limits.max_awareness_bytes {
+            return Err(Error::AwarenessTooLarge { limit: limits.max_awareness_bytes });
+        }
         serde_json::from_str::<serde::de::IgnoredAny>(json)
             .map_err(|e| Error::InvalidAwareness(format!("state is not JSON: {e}")))?;
         let entry = AwarenessUpdateEntry { clock, json: json.into() };
@@ -136,6 +158,15 @@ pub fn sync_update(update: &[u8]) -> Bytes {
     sync_frame(MSG_SYNC_UPDATE, update)
 }
 
+/// The y-protocols auth message `permission denied` (message type 2, sub-type 0).
+pub fn permission_denied(reason: &str) -> Bytes {
+    let mut buf = Vec::with_capacity(reason.len() + 4);
+    buf.write_var(MSG_AUTH);
+    buf.write_var(0u8);
+    buf.write_string(reason);
+    Bytes::from(buf)
+}
+
 fn sync_frame(kind: u8, payload: &[u8]) -> Bytes {
     let mut buf = Vec::with_capacity(payload.len() + 12);
     buf.write_var(MSG_SYNC);
@@ -169,7 +200,7 @@ mod tests {
     fn round_trips_server_frames() {
         let raw = update_bytes();
         let frame = sync_update(&raw);
-        let msgs = decode_frame(&frame).expect("valid frame");
+        let msgs = decode_frame(&frame, &FrameLimits::default()).expect("valid frame");
         let Incoming::Update(u) = &msgs[0] else { panic!("expected update") };
         assert_eq!(&u[..], &raw[..]);
         let doc = Doc::new();
@@ -177,7 +208,7 @@ mod tests {
         assert_eq!(doc.get_or_insert_text("t").get_string(&doc.transact()), "hello");
 
         let sv = StateVector::default();
-        let msgs = decode_frame(&sync_step1(&sv)).expect("valid");
+        let msgs = decode_frame(&sync_step1(&sv), &FrameLimits::default()).expect("valid");
         assert!(matches!(&msgs[0], Incoming::SyncStep1(s) if s.encode_v1() == sv.encode_v1()));
     }
 
@@ -194,7 +225,7 @@ mod tests {
             vec![1, 5, 1, 1, 1, b'{'],
             vec![0xff; 16],
         ] {
-            assert!(decode_frame(&Bytes::from(input.clone())).is_err(), "{input:?}");
+            assert!(decode_frame(&Bytes::from(input.clone()), &FrameLimits::default()).is_err(), "{input:?}");
         }
     }
 
@@ -209,13 +240,28 @@ mod tests {
     }
 
     #[test]
+    fn awareness_limits_are_checked_while_decoding() {
+        let mut update = AwarenessUpdate { clients: Default::default() };
+        for id in 0..9 {
+            update.clients.insert(ClientID::new(id), AwarenessUpdateEntry { clock: 1, json: "{}".into() });
+        }
+        let err = decode_frame(&awareness(&update), &FrameLimits::default()).unwrap_err();
+        assert_eq!(err.close_code(), 1008);
+        let mut big = AwarenessUpdate { clients: Default::default() };
+        let json = format!("{{\"a\":\"{}\"}}", "x".repeat(70_000));
+        big.clients.insert(ClientID::new(1), AwarenessUpdateEntry { clock: 1, json: json.into() });
+        let err = decode_frame(&awareness(&big), &FrameLimits::default()).unwrap_err();
+        assert_eq!(err.close_code(), 1009);
+    }
+
+    #[test]
     fn awareness_round_trips() {
         let mut update = AwarenessUpdate { clients: Default::default() };
         update
             .clients
             .insert(ClientID::new(7), AwarenessUpdateEntry { clock: 3, json: "{\"a\":1}".into() });
         let frame = awareness(&update);
-        let msgs = decode_frame(&frame).expect("valid");
+        let msgs = decode_frame(&frame, &FrameLimits::default()).expect("valid");
         let Incoming::Awareness { update: got } = &msgs[0] else { panic!() };
         assert_eq!(got, &update);
     }

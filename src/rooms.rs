@@ -15,7 +15,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
 use crate::id::{BrowserId, DocId, PeerId};
-use crate::room::{self, Applied, Lease, Origin, Registry, RoomDeps, RoomHandle, RoomMsg};
+use crate::colour::ColourBook;
+use crate::room::{
+    self, Applied, Lease, NewPeer, Origin, Registry, RoomDeps, RoomHandle, RoomMsg,
+};
 
 #[derive(Clone)]
 pub(crate) struct Rooms {
@@ -75,30 +78,38 @@ impl Rooms {
         doc_id: &DocId,
         peer: PeerId,
         browser: Option<BrowserId>,
+        can_write: bool,
         outbox: mpsc::Sender<Bytes>,
     ) -> Result<Joined, Error> {
         let mut kick_rx = None;
-        let asked = self
+        let (room, joined) = self
             .ask(doc_id, |reply| {
                 let (kick, rx) = oneshot::channel();
                 kick_rx = Some(rx);
                 let (browser, outbox) = (browser.clone(), outbox.clone());
-                RoomMsg::Join { peer, browser, outbox, kick, reply }
+                RoomMsg::Join { peer: NewPeer { id: peer, browser, can_write, outbox, kick }, reply }
             })
-            .await;
-        match (asked, kick_rx) {
-            (Some((room, Ok(()))), Some(kick)) => Ok(Joined { room, kick }),
-            (Some((_, Err(e))), _) => Err(e),
-            _ => Err(Error::RoomGone),
-        }
+            .await?;
+        joined?;
+        let kick = kick_rx.ok_or(Error::RoomGone)?;
+        Ok(Joined { room, kick })
     }
 
-    /// The cursor colour (index into `colour::PALETTE`) for `browser` in `doc_id`.
+    /// The cursor colour (index into `colour::PALETTE`) for `browser` in `doc_id`. A room
+    /// that is not loaded is not loaded for this: nobody is in it, so the browser's own
+    /// preferred colour is free, and the room assigns the same when the browser joins.
     pub(crate) async fn colour(&self, doc_id: &DocId, browser: &BrowserId) -> Result<usize, Error> {
-        self.ask(doc_id, |reply| RoomMsg::Colour { browser: browser.clone(), reply })
-            .await
-            .map(|(_, colour)| colour)
-            .ok_or(Error::RoomGone)
+        let loaded = self.inner.map.lock().get(doc_id).filter(|h| !h.is_closed()).cloned();
+        let Some(room) = loaded else {
+            return Ok(ColourBook::default().assign(browser));
+        };
+        let (reply, answer) = oneshot::channel();
+        if room.send(RoomMsg::Colour { browser: browser.clone(), reply }).await.is_ok()
+            && let Ok(colour) = answer.await
+        {
+            return Ok(colour);
+        }
+        Ok(ColourBook::default().assign(browser))
     }
 
     /// Applies `update` to `doc_id` (loading it if needed) on the same path as a peer's
@@ -109,13 +120,9 @@ impl Rooms {
         update: Bytes,
         origin: Origin,
     ) -> Result<Applied, Error> {
-        match self
-            .ask(doc_id, |reply| RoomMsg::Apply { update: update.clone(), origin, reply })
-            .await
-        {
-            Some((_, result)) => result,
-            None => Err(Error::RoomGone),
-        }
+        self.ask(doc_id, |reply| RoomMsg::Apply { update: update.clone(), origin, reply })
+            .await?
+            .1
     }
 
     /// Sends `request` to `doc_id`'s room (spawning it if needed) and waits for its reply.
@@ -127,31 +134,36 @@ impl Rooms {
         &self,
         doc_id: &DocId,
         mut request: impl FnMut(oneshot::Sender<T>) -> RoomMsg,
-    ) -> Option<(RoomHandle, T)> {
+    ) -> Result<(RoomHandle, T), Error> {
         for _attempt in 0..3 {
-            let room = self.get_or_spawn(doc_id);
+            let room = self.get_or_spawn(doc_id)?;
             let (reply, answer) = oneshot::channel();
             if room.send(request(reply)).await.is_err() {
                 continue;
             }
             if let Ok(answer) = answer.await {
-                return Some((room, answer));
+                return Ok((room, answer));
             }
         }
-        None
+        Err(Error::RoomGone)
     }
+
 
     /// Connected peers per loaded room.
     pub(crate) fn peer_counts(&self) -> HashMap<DocId, usize> {
         self.inner.map.lock().iter().map(|(doc, handle)| (doc.clone(), handle.peers())).collect()
     }
 
-    fn get_or_spawn(&self, doc_id: &DocId) -> RoomHandle {
+    fn get_or_spawn(&self, doc_id: &DocId) -> Result<RoomHandle, Error> {
         let mut map = self.inner.map.lock();
         if let Some(handle) = map.get(doc_id)
             && !handle.is_closed()
         {
-            return handle.clone();
+            return Ok(handle.clone());
+        }
+        if map.len() >= self.inner.deps.config.max_rooms {
+            tracing::warn!(doc = %doc_id, limit = self.inner.deps.config.max_rooms, "room limit reached");
+            return Err(Error::Overloaded("too many documents open".into()));
         }
         let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
         let lease = Lease {
@@ -161,6 +173,6 @@ impl Rooms {
         };
         let handle = room::spawn(lease, &self.inner.deps);
         map.insert(doc_id.clone(), handle.clone());
-        handle
+        Ok(handle)
     }
 }

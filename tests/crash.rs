@@ -10,7 +10,9 @@ use common::{YClient, spawn_binary};
 #[tokio::test]
 async fn sigkill_loses_no_acknowledged_update() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let (mut child, addr) = spawn_binary(tmp.path(), &[]).await.expect("tandem starts");
+    // The stream below is far faster than a person types: lift the per-connection limit.
+    let unlimited = ["--max-updates-per-sec", "0"];
+    let (mut child, addr) = spawn_binary(tmp.path(), &unlimited).await.expect("tandem starts");
     let url = format!("ws://{addr}/ws/crash");
     let mut client = YClient::connect(&url).await.expect("connect");
     client.handshake().await;

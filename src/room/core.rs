@@ -31,6 +31,7 @@ use crate::awareness::Presence;
 use crate::colour::ColourBook;
 use crate::error::Error;
 use crate::id::{BrowserId, PeerId};
+use crate::limit::Bucket;
 use crate::protocol::{self, Incoming};
 use crate::store::{Appended, Loaded, StoreError};
 
@@ -45,11 +46,30 @@ pub(crate) struct Applied {
 
 pub(crate) type ApplyReply = oneshot::Sender<Result<Applied, Error>>;
 
+/// A connection joining the room, as the connection task describes it.
+pub(crate) struct NewPeer {
+    pub(crate) id: PeerId,
+    /// For the cursor colour: the browser's id, or one derived from the token's `sub`.
+    pub(crate) browser: Option<BrowserId>,
+    /// False for a read-only token: its updates are refused, never applied.
+    pub(crate) can_write: bool,
+    pub(crate) outbox: mpsc::Sender<Bytes>,
+    /// Where the reason goes when the room closes this peer.
+    pub(crate) kick: oneshot::Sender<Error>,
+}
+
 struct Peer {
     outbox: mpsc::Sender<Bytes>,
     /// Where the reason goes when the room closes this peer; taken when used.
     kick: Option<oneshot::Sender<Error>>,
     browser: Option<BrowserId>,
+    can_write: bool,
+    /// Whether this read-only peer was already told its writes are refused (once).
+    told_read_only: bool,
+    /// Bytes of state (SyncStep2 replies) this peer may still be sent; its first reply is
+    /// free. Bounds what an 8-byte SyncStep1 can make the server send and encode.
+    state_budget: Bucket,
+    served_state: bool,
 }
 
 /// Something held until the rows before it are committed.
@@ -66,6 +86,27 @@ pub(crate) struct Limits {
     pub(crate) compact_bytes: u64,
     pub(crate) awareness_batch: Duration,
     pub(crate) awareness_timeout: Duration,
+    /// Stored snapshot + log bytes a document may reach (`--max-doc-bytes`).
+    pub(crate) max_doc_bytes: u64,
+    /// Awareness bytes the room holds in all.
+    pub(crate) max_room_awareness_bytes: usize,
+    /// State bytes per minute a peer may be sent beyond its first reply.
+    pub(crate) state_bytes_per_min: u64,
+}
+
+impl Limits {
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Limits {
+        Limits {
+            compact_updates: 10,
+            compact_bytes: 1 << 20,
+            awareness_batch: Duration::from_millis(25),
+            awareness_timeout: Duration::from_secs(30),
+            max_doc_bytes: 1 << 30,
+            max_room_awareness_bytes: 1 << 20,
+            state_bytes_per_min: 1 << 30,
+        }
+    }
 }
 
 pub(crate) struct RoomCore {
@@ -80,6 +121,10 @@ pub(crate) struct RoomCore {
     rows: Vec<Bytes>,
     /// Handed to the store, commit not yet confirmed.
     in_flight: usize,
+    /// Bytes of `rows` and of the rows in flight (counted against `max_doc_bytes`).
+    pending_bytes: u64,
+    /// Bytes of the stored snapshot.
+    snapshot_bytes: u64,
     /// Held until everything before it is committed, released in order.
     out: Vec<Out>,
     /// Seq of the last committed update.
@@ -128,13 +173,15 @@ impl RoomCore {
     ) -> RoomCore {
         RoomCore {
             doc,
-            presence: Presence::new(limits.awareness_timeout),
+            presence: Presence::new(limits.awareness_timeout, limits.max_room_awareness_bytes),
             colours: ColourBook::default(),
             peers: HashMap::new(),
             peer_count,
             limits,
             rows: Vec::new(),
             in_flight: 0,
+            pending_bytes: 0,
+            snapshot_bytes: loaded.snapshot.as_ref().map_or(0, |s| s.len() as u64),
             out: Vec::new(),
             head: loaded.head,
             log_updates: loaded.tail.len() as u64,
@@ -149,21 +196,25 @@ impl RoomCore {
 
     /// A peer joins: it gets our state vector and everyone's presence (after the commit of
     /// anything pending). If the joiner gave up waiting (`reply` closed), nothing happens.
-    pub(crate) fn join(
-        &mut self,
-        peer: PeerId,
-        browser: Option<BrowserId>,
-        outbox: mpsc::Sender<Bytes>,
-        kick: oneshot::Sender<Error>,
-        reply: oneshot::Sender<Result<(), Error>>,
-    ) {
+    pub(crate) fn join(&mut self, new: NewPeer, reply: oneshot::Sender<Result<(), Error>>) {
         if reply.send(Ok(())).is_err() {
             return;
         }
+        let NewPeer { id: peer, browser, can_write, outbox, kick } = new;
         if let Some(browser) = &browser {
             self.colours.connected(browser);
         }
-        self.peers.insert(peer, Peer { outbox, kick: Some(kick), browser });
+        let per_min = self.limits.state_bytes_per_min as f64;
+        let peer_state = Peer {
+            outbox,
+            kick: Some(kick),
+            browser,
+            can_write,
+            told_read_only: false,
+            state_budget: Bucket::new(per_min / 60.0, per_min, Instant::now()),
+            served_state: false,
+        };
+        self.peers.insert(peer, peer_state);
         self.peer_count.store(self.peers.len(), Ordering::Relaxed);
         let sv = self.doc.transact().state_vector();
         self.out.push(Out::To(peer, protocol::sync_step1(&sv)));
@@ -184,25 +235,31 @@ impl RoomCore {
 
     /// One decoded message from a peer.
     pub(crate) fn incoming(&mut self, peer: PeerId, msg: Incoming) {
-        if !self.peers.contains_key(&peer) {
+        let Some(can_write) = self.peers.get(&peer).map(|p| p.can_write) else {
             // Kicked a moment ago; its in-flight messages no longer count.
             return;
-        }
+        };
         match msg {
             Incoming::SyncStep1(sv) => {
                 let frame = self.sync_step2_for(&sv);
+                if let Err(e) = self.charge_state(peer, frame.len()) {
+                    return self.kick(peer, &e);
+                }
                 self.out.push(Out::To(peer, frame));
             }
+            Incoming::Update(raw) if !can_write => self.refuse_write(peer, &raw),
             Incoming::Update(raw) => match self.apply_update(&raw) {
                 Ok(false) => {}
                 Ok(true) => self.queue_row(raw),
                 Err(e) => self.kick(peer, &e),
             },
-            Incoming::Awareness { update } => {
-                if self.presence.apply(peer, update) && self.awareness_due.is_none() {
+            Incoming::Awareness { update } => match self.presence.apply(peer, update) {
+                Ok(true) if self.awareness_due.is_none() => {
                     self.awareness_due = Some(Instant::now() + self.limits.awareness_batch);
                 }
-            }
+                Ok(_) => {}
+                Err(e) => self.kick(peer, &e),
+            },
             Incoming::QueryAwareness => {
                 if let Some(frame) = self.presence.current() {
                     self.out.push(Out::To(peer, frame));
@@ -242,6 +299,13 @@ impl RoomCore {
         }
     }
 
+    /// A bug surfaced (a caught panic) while handling this peer's message: close it with
+    /// 1011 and rebuild the document from the store, since it may be half-updated.
+    pub(crate) fn panicked(&mut self, peer: PeerId) {
+        self.kick(peer, &Error::Internal);
+        self.poisoned = true;
+    }
+
     /// Retracts presence states nobody renewed within the timeout.
     pub(crate) fn sweep(&mut self) {
         if let Some(frame) = self.presence.sweep() {
@@ -266,6 +330,7 @@ impl RoomCore {
         self.head = appended.last;
         self.log_updates += self.in_flight as u64;
         self.log_bytes += bytes;
+        self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
         self.in_flight = 0;
     }
 
@@ -304,6 +369,7 @@ impl RoomCore {
         }
         self.rows.clear();
         self.in_flight = 0;
+        self.pending_bytes = 0;
         self.peer_count.store(0, Ordering::Relaxed);
         for (_, mut peer) in self.peers.drain() {
             if let Some(kick) = peer.kick.take() {
@@ -324,6 +390,7 @@ impl RoomCore {
         self.head = loaded.head;
         self.log_updates = loaded.tail.len() as u64;
         self.log_bytes = loaded.tail_bytes;
+        self.snapshot_bytes = loaded.snapshot.as_ref().map_or(0, |s| s.len() as u64);
         self.full_state = None;
         self.poisoned = false;
     }
@@ -343,12 +410,27 @@ impl RoomCore {
         Some((update, self.head))
     }
 
-    /// The snapshot from `snapshot` is stored (or a newer one already was).
-    pub(crate) fn compacted(&mut self, upto_seq: i64) {
+    /// The snapshot from `snapshot` (of `snapshot_bytes`) is stored, or a newer one already
+    /// was (`replaced` false).
+    pub(crate) fn compacted(&mut self, upto_seq: i64, snapshot_bytes: u64, replaced: bool) {
         if upto_seq == self.head {
             self.log_updates = 0;
             self.log_bytes = 0;
+            if replaced {
+                self.snapshot_bytes = snapshot_bytes;
+            }
         }
+    }
+
+    /// Bytes the document takes in the store (snapshot + log), counting what is queued.
+    pub(crate) fn stored_bytes(&self) -> u64 {
+        self.snapshot_bytes + self.log_bytes + self.pending_bytes
+    }
+
+    /// Nothing was ever stored for this document and nothing is queued: a room that costs
+    /// memory for nothing once its peers are gone.
+    pub(crate) fn is_blank(&self) -> bool {
+        self.head == 0 && self.snapshot_bytes == 0 && !self.has_pending()
     }
 
     pub(crate) fn log_updates(&self) -> u64 {
@@ -365,6 +447,9 @@ impl RoomCore {
     /// Ok(false) for an empty update. yrs rejects most bad input with an error; a panic deep
     /// in integration is caught too and poisons the document.
     fn apply_update(&mut self, raw: &[u8]) -> Result<bool, Error> {
+        if self.stored_bytes() + raw.len() as u64 > self.limits.max_doc_bytes {
+            return Err(Error::DocTooLarge { limit: self.limits.max_doc_bytes });
+        }
         let update = protocol::decode_update(raw)?;
         // Every y-websocket client answers our SyncStep1 with a SyncStep2, empty when it has
         // nothing new: not worth a log row nor a broadcast to the room.
@@ -393,7 +478,42 @@ impl RoomCore {
     /// sender's editor recognises its own echo by them.
     fn queue_row(&mut self, raw: Bytes) {
         self.out.push(Out::All(protocol::sync_update(&raw)));
+        self.pending_bytes += raw.len() as u64;
         self.rows.push(raw);
+    }
+
+    /// A read-only peer sent an update: nothing of it is applied, stored or relayed. An
+    /// empty one (every client's SyncStep2 answer when it has nothing new) is not a write;
+    /// the first real one is answered with y-protocols' `permission denied`.
+    fn refuse_write(&mut self, peer: PeerId, raw: &[u8]) {
+        let empty = match protocol::decode_update(raw) {
+            Ok(update) => update.is_empty(),
+            Err(e) => return self.kick(peer, &e),
+        };
+        if empty {
+            return;
+        }
+        if let Some(state) = self.peers.get_mut(&peer)
+            && !state.told_read_only
+        {
+            state.told_read_only = true;
+            tracing::info!(%peer, "write refused: read-only access");
+            self.out.push(Out::To(peer, protocol::permission_denied("read-only")));
+        }
+    }
+
+    /// Counts a state reply against the peer's budget (its first one is free).
+    fn charge_state(&mut self, peer: PeerId, bytes: usize) -> Result<(), Error> {
+        let Some(state) = self.peers.get_mut(&peer) else { return Ok(()) };
+        if !state.served_state {
+            state.served_state = true;
+            return Ok(());
+        }
+        if state.state_budget.take(bytes as f64, Instant::now()) {
+            Ok(())
+        } else {
+            Err(Error::RateLimited("too much state requested (SyncStep1)".into()))
+        }
     }
 
     fn sync_step2_for(&mut self, sv: &StateVector) -> Bytes {
@@ -467,12 +587,7 @@ mod tests {
     use crate::protocol::Incoming;
 
     fn limits(batch_ms: u64) -> Limits {
-        Limits {
-            compact_updates: 10,
-            compact_bytes: 1 << 20,
-            awareness_batch: Duration::from_millis(batch_ms),
-            awareness_timeout: Duration::from_secs(30),
-        }
+        Limits { awareness_batch: Duration::from_millis(batch_ms), ..Limits::for_tests() }
     }
 
     fn core(batch_ms: u64) -> RoomCore {
@@ -505,7 +620,7 @@ mod tests {
         let (kick, kicked) = oneshot::channel();
         let (reply, joined) = oneshot::channel();
         let id = PeerId::new();
-        core.join(id, None, tx, kick, reply);
+        core.join(NewPeer { id, browser: None, can_write: true, outbox: tx, kick }, reply);
         let mut joined = joined;
         assert!(matches!(joined.try_recv(), Ok(Ok(()))));
         TestPeer { id, outbox, kicked }
@@ -754,7 +869,7 @@ mod tests {
         assert!(core.wants_compaction());
         let (_, upto) = core.snapshot().expect("snapshot");
         assert_eq!(upto, 10);
-        core.compacted(upto);
+        core.compacted(upto, 0, true);
         assert!(!core.wants_compaction());
     }
 }

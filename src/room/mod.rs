@@ -11,17 +11,18 @@
 
 mod core;
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, MissedTickBehavior, sleep_until};
+use tokio::time::{Duration, Instant, MissedTickBehavior, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-pub(crate) use self::core::Applied;
+pub(crate) use self::core::{Applied, NewPeer};
 use self::core::{Limits, RoomCore, build_doc};
 use crate::config::Config;
 use crate::error::Error;
@@ -44,12 +45,7 @@ pub(crate) enum Origin {
 
 pub(crate) enum RoomMsg {
     Join {
-        peer: PeerId,
-        /// Set when the client said which browser it is (for its cursor colour).
-        browser: Option<BrowserId>,
-        outbox: mpsc::Sender<Bytes>,
-        /// Why the room closed this peer, if it does.
-        kick: oneshot::Sender<Error>,
+        peer: NewPeer,
         reply: oneshot::Sender<Result<(), Error>>,
     },
     Leave {
@@ -164,6 +160,9 @@ async fn run(
         compact_bytes: deps.config.compact_bytes,
         awareness_batch: std::time::Duration::from_millis(deps.config.awareness_batch_ms),
         awareness_timeout: deps.config.awareness_timeout(),
+        max_doc_bytes: deps.config.max_doc_bytes,
+        max_room_awareness_bytes: deps.config.max_room_awareness_bytes,
+        state_bytes_per_min: deps.config.max_state_bytes_per_min,
     };
     let core = match load(&lease.doc_id, &deps.store).await {
         Ok((doc, loaded)) => RoomCore::new(doc, &loaded, limits, peer_count),
@@ -220,7 +219,10 @@ impl Room {
         // A document loaded with a long tail gets compacted before anyone types.
         self.maybe_compact().await;
         let outcome: Result<&str, Error> = loop {
-            let idle_deadline = idle_since + self.config.room_grace();
+            // A document nobody ever wrote goes as soon as its last peer does: connecting to
+            // random names must not pin a room per name for the grace period.
+            let grace = if self.core.is_blank() { Duration::ZERO } else { self.config.room_grace() };
+            let idle_deadline = idle_since + grace;
             let awareness_due = self.core.awareness_due();
             let step = tokio::select! {
                 n = inbox.recv_many(&mut batch, BATCH) => {
@@ -288,16 +290,20 @@ impl Room {
     async fn handle_batch(&mut self, batch: &mut Vec<RoomMsg>) -> Result<(), Error> {
         for msg in batch.drain(..) {
             match msg {
-                RoomMsg::Join { peer, browser, outbox, kick, reply } => {
-                    self.core.join(peer, browser, outbox, kick, reply);
-                }
+                RoomMsg::Join { peer, reply } => self.core.join(peer, reply),
                 RoomMsg::Leave { peer } => self.core.leave(peer),
                 RoomMsg::Colour { browser, reply } => {
                     let _ = reply.send(self.core.colour(&browser));
                 }
                 RoomMsg::Incoming { peer, msgs } => {
                     for msg in msgs {
-                        self.core.incoming(peer, msg);
+                        // A bug in handling one message must cost its sender's connection,
+                        // not the room: the peer is closed (1011), the document rebuilt.
+                        let core = &mut self.core;
+                        if catch_unwind(AssertUnwindSafe(|| core.incoming(peer, msg))).is_err() {
+                            tracing::error!(%peer, "handling a message panicked; closing that peer");
+                            self.core.panicked(peer);
+                        }
                         self.recover_if_poisoned().await?;
                     }
                 }
@@ -357,7 +363,7 @@ impl Room {
                     ms = started.elapsed().as_millis() as u64,
                     "compacted"
                 );
-                self.core.compacted(upto_seq);
+                self.core.compacted(upto_seq, size as u64, replaced);
             }
             // The log is still complete, so this only costs load time; retry next turn.
             Err(e) => tracing::warn!(error = %e, "compaction failed"),

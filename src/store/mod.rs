@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use serde::Serialize;
 
 use crate::config::SyncMode;
 use crate::id::DocId;
@@ -27,7 +28,7 @@ pub(crate) const MAX_SEQ: i64 = (1 << 53) - 1;
 
 /// Why the store could not do what was asked. Backend-neutral: causes are kept as text
 /// (they go to the log; clients only learn "storage failure" or "inconsistent").
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// The writer or the database connection is gone (shutdown, or a crashed worker).
     #[error("store unavailable: {0}")]
@@ -129,6 +130,20 @@ impl Store {
         }
     }
 
+    /// Stores a deny-list entry durably (through the writer, like every write).
+    pub(crate) async fn revoke(&self, revocation: &Revocation) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.revoke(revocation).await,
+        }
+    }
+
+    /// The whole deny list (read once at startup).
+    pub(crate) async fn revocations(&self) -> Result<Vec<Revocation>> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.revocations().await,
+        }
+    }
+
     /// Documents, most recently edited first.
     pub(crate) async fn list(&self, limit: i64) -> Result<Vec<DocSummary>> {
         match &self.backend {
@@ -142,6 +157,39 @@ impl Store {
             Backend::Sqlite(s) => s.health().await,
         }
     }
+}
+
+/// A deny-list entry (see `auth::revoke`): stored here, decided there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RevocationKind {
+    Jti,
+    Sub,
+}
+
+impl RevocationKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RevocationKind::Jti => "jti",
+            RevocationKind::Sub => "sub",
+        }
+    }
+
+    pub(crate) fn parse(kind: &str) -> Option<RevocationKind> {
+        match kind {
+            "jti" => Some(RevocationKind::Jti),
+            "sub" => Some(RevocationKind::Sub),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct Revocation {
+    pub(crate) kind: RevocationKind,
+    pub(crate) value: String,
+    /// Seconds since the epoch. For `sub`, tokens with `iat` at or before this are refused.
+    pub(crate) revoked_at: u64,
 }
 
 /// What the writer has seen, shared with health checks.

@@ -27,7 +27,10 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Appended, DocSummary, Health, Loaded, MAX_SEQ, Result, StoreError, check_log};
+use super::{
+    Appended, DocSummary, Health, Loaded, MAX_SEQ, Result, Revocation, RevocationKind, StoreError,
+    check_log,
+};
 use crate::config::SyncMode;
 use crate::id::DocId;
 
@@ -85,12 +88,15 @@ impl Shared {
 enum Job {
     Append { doc: DocId, updates: Vec<Bytes>, reply: oneshot::Sender<Result<Appended>> },
     Compact { doc: DocId, snapshot: Vec<u8>, upto_seq: i64, reply: oneshot::Sender<Result<bool>> },
+    /// A deny-list entry (rare; it rides along with whatever group is committing).
+    Revoke { revocation: Revocation, reply: oneshot::Sender<Result<()>> },
 }
 
 /// What one job did, inside a group that committed.
 enum Done {
     Appended(Appended),
     Compacted(bool),
+    Revoked,
 }
 
 impl Job {
@@ -100,25 +106,29 @@ impl Job {
             Job::Append { reply, .. } => {
                 let _ = reply.send(result.and_then(|done| match done {
                     Done::Appended(a) => Ok(a),
-                    Done::Compacted(_) => {
-                        Err(StoreError::Unavailable("writer mixed up replies".into()))
-                    }
+                    _ => Err(StoreError::Unavailable("writer mixed up replies".into())),
                 }));
             }
             Job::Compact { reply, .. } => {
                 let _ = reply.send(result.and_then(|done| match done {
                     Done::Compacted(c) => Ok(c),
-                    Done::Appended(_) => {
-                        Err(StoreError::Unavailable("writer mixed up replies".into()))
-                    }
+                    _ => Err(StoreError::Unavailable("writer mixed up replies".into())),
+                }));
+            }
+            Job::Revoke { reply, .. } => {
+                let _ = reply.send(result.and_then(|done| match done {
+                    Done::Revoked => Ok(()),
+                    _ => Err(StoreError::Unavailable("writer mixed up replies".into())),
                 }));
             }
         }
     }
 
-    fn doc(&self) -> &DocId {
+    /// What the job is about, for log lines.
+    fn subject(&self) -> &str {
         match self {
-            Job::Append { doc, .. } | Job::Compact { doc, .. } => doc,
+            Job::Append { doc, .. } | Job::Compact { doc, .. } => doc.as_str(),
+            Job::Revoke { .. } => "(deny list)",
         }
     }
 }
@@ -240,6 +250,25 @@ impl SqliteStore {
         let gone = || StoreError::Unavailable("the store writer has stopped".into());
         self.writer.send(job).await.map_err(|_| gone())?;
         done.await.map_err(|_| gone())?
+    }
+
+    pub(super) async fn revoke(&self, revocation: &Revocation) -> Result<()> {
+        let (reply, done) = oneshot::channel();
+        self.submit(Job::Revoke { revocation: revocation.clone(), reply }, done).await
+    }
+
+    pub(super) async fn revocations(&self) -> Result<Vec<Revocation>> {
+        let rows = sqlx::query("select kind, value, revoked_at from revocations")
+            .fetch_all(&self.reader)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let kind: String = row.try_get(0)?;
+            let Some(kind) = RevocationKind::parse(&kind) else { continue };
+            let at: i64 = row.try_get(2)?;
+            out.push(Revocation { kind, value: row.try_get(1)?, revoked_at: at.max(0) as u64 });
+        }
+        Ok(out)
     }
 
     pub(super) async fn list(&self, limit: i64) -> Result<Vec<DocSummary>> {
@@ -371,7 +400,7 @@ async fn commit_group(
             }
         }
         Err(e) if batch.len() == 1 => {
-            report_failure(&e, batch[0].doc(), health);
+            report_failure(&e, batch[0].subject(), health);
             if let Some(job) = batch.pop() {
                 job.reply(Err(e));
             }
@@ -392,7 +421,7 @@ async fn commit_group(
                         }
                     }
                     Err(e) => {
-                        report_failure(&e, job.doc(), health);
+                        report_failure(&e, job.subject(), health);
                         job.reply(Err(e));
                     }
                 }
@@ -403,8 +432,8 @@ async fn commit_group(
 
 /// One log line per failed write, with its cause; failures that are not one document's
 /// data also make the store unhealthy until a commit succeeds again.
-fn report_failure(e: &StoreError, doc: &DocId, health: &Health) {
-    tracing::error!(error = %e, %doc, "store write failed");
+fn report_failure(e: &StoreError, doc: &str, health: &Health) {
+    tracing::error!(error = %e, doc, "store write failed");
     if !matches!(e, StoreError::Corrupt { .. }) {
         health.set_failing(Some(e.to_string()));
     }
@@ -554,6 +583,19 @@ async fn write_jobs(
                 done.push(Done::Appended(Appended { first: start, last: *first - 1 }));
             }
             Job::Compact { .. } => done.push(Done::Compacted(false)),
+            Job::Revoke { revocation, .. } => {
+                sqlx::query(
+                    "insert into revocations (kind, value, revoked_at) values (?, ?, ?)
+                     on conflict (kind, value) do update
+                     set revoked_at = max(revoked_at, excluded.revoked_at)",
+                )
+                .bind(revocation.kind.as_str())
+                .bind(&revocation.value)
+                .bind(revocation.revoked_at as i64)
+                .execute(&mut *tx)
+                .await?;
+                done.push(Done::Revoked);
+            }
         }
     }
     for chunk in rows.chunks(ROWS_PER_INSERT) {

@@ -348,7 +348,7 @@ enum ServerMsg {
 /// SyncStep1/2 are told apart by the second byte.
 fn decode_server_frame(frame: &Bytes) -> Vec<ServerMsg> {
     let kind = frame.get(1).copied();
-    protocol::decode_frame(frame)
+    protocol::decode_frame(frame, &protocol::FrameLimits { max_awareness_entries: usize::MAX, max_awareness_bytes: usize::MAX })
         .expect("server frame decodes")
         .into_iter()
         .map(|msg| match msg {

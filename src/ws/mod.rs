@@ -6,12 +6,21 @@
 //! malformed closes this connection with a code and one log line, and nothing of it reaches
 //! the room. `ws` never touches a `Doc`.
 //!
+//! Access is decided before the upgrade (`Admission`), but a refusal is told after it, as a
+//! close code (4401/4403): browsers cannot read the HTTP status of a failed upgrade. A
+//! token's expiry and its revocation end the connection the same way.
+//!
 //! The upgrade is done here by hand, rather than with axum's `WebSocketUpgrade`, to get
 //! tokio-tungstenite's stream itself: only that one can send a large message as fragments
 //! (see `write_batch`). Through axum's wrapper, every peer receiving a 20 MiB document would
 //! hold a 20 MiB copy in its write buffer for good.
 
-use std::sync::Arc;
+mod guard;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -33,10 +42,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use self::guard::Guard;
+use crate::auth::{Auth, Identity};
 use crate::config::Config;
 use crate::error::{Error, close_code};
 use crate::id::{BrowserId, DocId, PeerId};
-use crate::protocol;
 use crate::room::RoomMsg;
 use crate::rooms::Rooms;
 
@@ -87,13 +97,113 @@ pub(crate) fn handshake(version: Version, headers: &HeaderMap) -> Result<Handsha
     Ok(Handshake::Accept(derive_accept_key(key.as_bytes())))
 }
 
+/// The subprotocol a client offers next to a token carried as `tandem.jwt.TOKEN`.
+pub(crate) const SUBPROTOCOL: &str = "tandem";
+const TOKEN_SUBPROTOCOL_PREFIX: &str = "tandem.jwt.";
+
+/// What `Sec-WebSocket-Protocol` offered: whether `tandem` was among the entries, and a
+/// token if one was carried there.
+pub(crate) fn offered_protocols(headers: &HeaderMap) -> (bool, Option<String>) {
+    let mut tandem = false;
+    let mut token = None;
+    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        let Ok(value) = value.to_str() else { continue };
+        for entry in value.split(',').map(str::trim) {
+            if entry == SUBPROTOCOL {
+                tandem = true;
+            } else if let Some(t) = entry.strip_prefix(TOKEN_SUBPROTOCOL_PREFIX) {
+                token = Some(t.to_string());
+            }
+        }
+    }
+    (tandem, token)
+}
+
 /// What a connection needs from the server.
 #[derive(Clone)]
 pub(crate) struct ConnDeps {
     pub(crate) rooms: Rooms,
     pub(crate) config: Arc<Config>,
+    pub(crate) auth: Auth,
+    pub(crate) slots: Slots,
     pub(crate) tracker: TaskTracker,
     pub(crate) shutdown: CancellationToken,
+}
+
+/// The server-wide connection caps (`--max-connections`, `--max-connections-per-ip`).
+#[derive(Clone, Default)]
+pub(crate) struct Slots {
+    inner: Arc<SlotsInner>,
+}
+
+#[derive(Default)]
+struct SlotsInner {
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place under the caps, given back when it is dropped.
+pub(crate) struct Slot {
+    slots: Slots,
+    ip: Option<IpAddr>,
+}
+
+impl Slots {
+    pub(crate) fn take(&self, ip: Option<IpAddr>, config: &Config) -> Result<Slot, Error> {
+        let total = self.inner.total.fetch_add(1, Ordering::AcqRel) + 1;
+        // From here on the slot exists: dropping it undoes the counts.
+        let mut slot = Slot { slots: self.clone(), ip: None };
+        if total > config.max_connections {
+            return Err(Error::Overloaded(format!(
+                "{} connections (--max-connections)",
+                config.max_connections
+            )));
+        }
+        if let Some(ip) = ip
+            && config.max_connections_per_ip > 0
+        {
+            let mut per_ip = self.inner.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = per_ip.entry(ip).or_insert(0);
+            *n += 1;
+            slot.ip = Some(ip);
+            if *n > config.max_connections_per_ip {
+                return Err(Error::Overloaded(format!(
+                    "{} connections from one address (--max-connections-per-ip)",
+                    config.max_connections_per_ip
+                )));
+            }
+        }
+        Ok(slot)
+    }
+
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.slots.inner.total.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.ip {
+            let mut per_ip = self.slots.inner.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Whether, and how, a connection may join its document: decided before the upgrade,
+/// told after it.
+pub(crate) enum Admission {
+    Admitted {
+        /// Set for a token holder: what expiry and revocation are checked against.
+        identity: Option<Arc<Identity>>,
+        can_write: bool,
+        /// For the cursor colour: derived from the token's `sub`, else the browser's id.
+        browser: Option<BrowserId>,
+    },
+    Refused(Error),
 }
 
 /// Answers a checked upgrade (101) and runs the connection in its own tracked task once
@@ -101,8 +211,10 @@ pub(crate) struct ConnDeps {
 pub(crate) fn upgrade(
     request: Request,
     accept: String,
+    subprotocol: bool,
     doc_id: DocId,
-    browser: Option<BrowserId>,
+    admission: Admission,
+    slot: Slot,
     deps: ConnDeps,
 ) -> Response {
     let config = WebSocketConfig::default()
@@ -117,16 +229,21 @@ pub(crate) fn upgrade(
             Ok(upgraded) => {
                 let io = hyper_util::rt::TokioIo::new(upgraded);
                 let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-                run(socket, doc_id, browser, deps).await;
+                run(socket, doc_id, admission, deps).await;
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
+        drop(slot);
     });
-    Response::builder()
+    let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if subprotocol {
+        response = response.header(header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL);
+    }
+    response
         .body(axum::body::Body::empty())
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
@@ -136,27 +253,67 @@ pub(crate) fn upgrade(
 type End = Result<String, Error>;
 
 async fn run<S: AsyncRead + AsyncWrite + Unpin>(
-    socket: WebSocketStream<S>,
+    mut socket: WebSocketStream<S>,
     doc_id: DocId,
-    browser: Option<BrowserId>,
+    admission: Admission,
     deps: ConnDeps,
 ) {
     let peer = PeerId::new();
-    let span = tracing::info_span!("conn", doc = %doc_id, %peer);
-    run_peer(socket, doc_id, peer, browser, deps).instrument(span).await
+    let (identity, can_write, browser) = match admission {
+        Admission::Admitted { identity, can_write, browser } => (identity, can_write, browser),
+        Admission::Refused(e) => {
+            // Tokens never reach a log; the reason says which check failed.
+            tracing::info!(doc = %doc_id, code = e.close_code(), reason = %e, "connection refused");
+            if let Ok(Ok(())) = timeout(CLOSE_TIMEOUT, socket.send(close(&e))).await {
+                let _ = timeout(CLOSE_LINGER, async {
+                    while let Some(Ok(msg)) = socket.next().await {
+                        if matches!(msg, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+            return;
+        }
+    };
+    let (sub, jti) = match &identity {
+        Some(id) => (Some(id.sub.as_str()), id.jti.as_deref()),
+        None => (None, None),
+    };
+    let span = tracing::info_span!("conn", doc = %doc_id, %peer, sub, jti, read_only = !can_write);
+    let joining = Joining { doc_id: doc_id.clone(), peer, browser, can_write, identity: identity.clone() };
+    run_peer(socket, joining, deps).instrument(span).await
+}
+
+/// Who is joining which document, once admitted.
+struct Joining {
+    doc_id: DocId,
+    peer: PeerId,
+    browser: Option<BrowserId>,
+    can_write: bool,
+    identity: Option<Arc<Identity>>,
+}
+
+/// When a token's `exp` (seconds since the epoch) falls on tokio's clock.
+fn expiry_instant(exp: u64) -> Instant {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = Duration::from_secs(exp).saturating_sub(now);
+    Instant::now() + left
 }
 
 async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
     socket: WebSocketStream<S>,
-    doc_id: DocId,
-    peer: PeerId,
-    browser: Option<BrowserId>,
+    joining: Joining,
     deps: ConnDeps,
 ) {
-    let ConnDeps { rooms, config, shutdown, .. } = deps;
+    let ConnDeps { rooms, config, shutdown, auth, .. } = deps;
+    let Joining { doc_id, peer, browser, can_write, identity } = joining;
     let (mut sink, mut stream) = socket.split();
     let (outbox, mut outbox_rx) = mpsc::channel(config.peer_queue.max(4));
-    let joined = match rooms.join(&doc_id, peer, browser, outbox).await {
+    let joined = match rooms.join(&doc_id, peer, browser, can_write, outbox).await {
         Ok(joined) => joined,
         Err(e) => {
             tracing::warn!(code = e.close_code(), reason = %e, "join failed");
@@ -174,12 +331,27 @@ async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
     let mut last_heard = Instant::now();
     // A write that takes this long means the peer stopped reading.
     let write_timeout = ping_interval * 2;
+    let mut guard = Guard::new(&config, Instant::now());
+    // A token ends the session at its expiry, and at its revocation.
+    let expiry = sleep_until_or_never(identity.as_ref().map(|id| expiry_instant(id.exp)));
+    tokio::pin!(expiry);
+    let mut revocations = identity.as_ref().map(|_| auth.revocations().subscribe());
 
     let end: End = loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Err(Error::ShuttingDown),
             kicked = &mut kick => break Err(kicked.unwrap_or(Error::RoomGone)),
+            _ = &mut expiry => {
+                break Err(Error::Unauthorized("token expired".into()));
+            }
+            changed = changed_or_never(&mut revocations) => {
+                if changed.is_err() {
+                    revocations = None; // the deny list is gone (shutdown): nothing to watch
+                } else if identity.as_ref().is_some_and(|id| auth.revocations().is_revoked(id)) {
+                    break Err(Error::Unauthorized("token revoked".into()));
+                }
+            }
             frame = outbox_rx.recv() => {
                 let Some(frame) = frame else { break Err(Error::RoomGone) };
                 match timeout(write_timeout, write_batch(&mut sink, frame, &mut outbox_rx)).await {
@@ -192,7 +364,7 @@ async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
                 last_heard = Instant::now();
                 match msg {
                     Some(Ok(Message::Binary(bytes))) => {
-                        let msgs = match protocol::decode_frame(&bytes) {
+                        let msgs = match guard.check(&bytes, last_heard) {
                             Ok(msgs) => msgs,
                             Err(e) => break Err(e),
                         };
@@ -257,6 +429,22 @@ async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
                 let _ = sink.close().await;
             }
         }
+    }
+}
+
+async fn sleep_until_or_never(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn changed_or_never(
+    rx: &mut Option<tokio::sync::watch::Receiver<u64>>,
+) -> Result<(), tokio::sync::watch::error::RecvError> {
+    match rx {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
     }
 }
 
