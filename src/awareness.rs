@@ -63,7 +63,11 @@ impl Presence {
     /// Applies a peer's awareness update; Ok(true) when anything changed and it should be
     /// relayed. Entries for client ids another connection introduced are dropped; an update
     /// that would take the room past its byte cap is refused (the caller closes the peer).
-    pub(crate) fn apply(&mut self, peer: PeerId, mut update: AwarenessUpdate) -> Result<bool, Error> {
+    pub(crate) fn apply(
+        &mut self,
+        peer: PeerId,
+        mut update: AwarenessUpdate,
+    ) -> Result<bool, Error> {
         update.clients.retain(|id, _| self.owner_of.get(id).is_none_or(|owner| *owner == peer));
         if update.clients.is_empty() {
             return Ok(false);
@@ -206,7 +210,11 @@ mod tests {
         assert_eq!(presence.apply(a, state(1, 1, "{\"n\":1}")), Ok(true));
         assert_eq!(presence.apply(b, state(2, 1, "{\"n\":2}")), Ok(true));
         assert!(presence.take_pending().is_some());
-        assert_eq!(presence.apply(b, state(2, 1, "{\"n\":2}")), Ok(false), "stale clock is not relayed");
+        assert_eq!(
+            presence.apply(b, state(2, 1, "{\"n\":2}")),
+            Ok(false),
+            "stale clock is not relayed"
+        );
         assert!(presence.take_pending().is_none());
         assert_eq!(presence.live_states(), 2);
         assert!(presence.remove_peer(a).is_some());

@@ -116,9 +116,9 @@ impl Error {
             | Error::AwarenessTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) | Error::OriginRefused => StatusCode::FORBIDDEN,
-            Error::RateLimited(_) | Error::TooManyAwarenessIds { .. } | Error::PresenceFull { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Error::RateLimited(_)
+            | Error::TooManyAwarenessIds { .. }
+            | Error::PresenceFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Error::SlowConsumer | Error::PingTimeout => StatusCode::REQUEST_TIMEOUT,

@@ -99,7 +99,11 @@ impl FromRequestParts<AppState> for Caller {
                     Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
                         Some(token.trim())
                     }
-                    _ => return Err(Error::Unauthorized("expected Authorization: Bearer TOKEN".into())),
+                    _ => {
+                        return Err(Error::Unauthorized(
+                            "expected Authorization: Bearer TOKEN".into(),
+                        ));
+                    }
                 }
             }
         };

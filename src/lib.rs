@@ -71,7 +71,8 @@ pub async fn serve(
             "auth disabled: anyone who can reach this port can read and write every document"
         );
     }
-    let revocations = auth::Revocations::new(store.revocations().await.context("reading the deny list")?);
+    let revocations =
+        auth::Revocations::new(store.revocations().await.context("reading the deny list")?);
     let auth = auth::Auth::new(keys, revocations);
     raise_open_files_limit();
     let tracker = TaskTracker::new();
@@ -161,10 +162,12 @@ async fn accept_loop(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
-        let service = app.clone().map_request(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(axum::extract::ConnectInfo(remote));
-            request
-        });
+        let service = app.clone().map_request(
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(axum::extract::ConnectInfo(remote));
+                request
+            },
+        );
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)

@@ -54,7 +54,10 @@ mod tests {
         assert!((0..20).all(|_| b.take(1.0, t1)), "20 refilled in 100 ms");
         assert!(!b.take(1.0, t1));
         let later = t1 + Duration::from_secs(3600);
-        assert!((0..1000).all(|_| b.take(1.0, later)) && !b.take(1.0, later), "capped at the burst");
+        assert!(
+            (0..1000).all(|_| b.take(1.0, later)) && !b.take(1.0, later),
+            "capped at the burst"
+        );
     }
 
     #[test]

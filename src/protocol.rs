@@ -225,7 +225,10 @@ mod tests {
             vec![1, 5, 1, 1, 1, b'{'],
             vec![0xff; 16],
         ] {
-            assert!(decode_frame(&Bytes::from(input.clone()), &FrameLimits::default()).is_err(), "{input:?}");
+            assert!(
+                decode_frame(&Bytes::from(input.clone()), &FrameLimits::default()).is_err(),
+                "{input:?}"
+            );
         }
     }
 
@@ -243,7 +246,9 @@ mod tests {
     fn awareness_limits_are_checked_while_decoding() {
         let mut update = AwarenessUpdate { clients: Default::default() };
         for id in 0..9 {
-            update.clients.insert(ClientID::new(id), AwarenessUpdateEntry { clock: 1, json: "{}".into() });
+            update
+                .clients
+                .insert(ClientID::new(id), AwarenessUpdateEntry { clock: 1, json: "{}".into() });
         }
         let err = decode_frame(&awareness(&update), &FrameLimits::default()).unwrap_err();
         assert_eq!(err.close_code(), 1008);

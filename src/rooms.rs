@@ -13,12 +13,10 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::colour::ColourBook;
 use crate::error::Error;
 use crate::id::{BrowserId, DocId, PeerId};
-use crate::colour::ColourBook;
-use crate::room::{
-    self, Applied, Lease, NewPeer, Origin, Registry, RoomDeps, RoomHandle, RoomMsg,
-};
+use crate::room::{self, Applied, Lease, NewPeer, Origin, Registry, RoomDeps, RoomHandle, RoomMsg};
 
 #[derive(Clone)]
 pub(crate) struct Rooms {
@@ -87,7 +85,10 @@ impl Rooms {
                 let (kick, rx) = oneshot::channel();
                 kick_rx = Some(rx);
                 let (browser, outbox) = (browser.clone(), outbox.clone());
-                RoomMsg::Join { peer: NewPeer { id: peer, browser, can_write, outbox, kick }, reply }
+                RoomMsg::Join {
+                    peer: NewPeer { id: peer, browser, can_write, outbox, kick },
+                    reply,
+                }
             })
             .await?;
         joined?;
@@ -120,9 +121,7 @@ impl Rooms {
         update: Bytes,
         origin: Origin,
     ) -> Result<Applied, Error> {
-        self.ask(doc_id, |reply| RoomMsg::Apply { update: update.clone(), origin, reply })
-            .await?
-            .1
+        self.ask(doc_id, |reply| RoomMsg::Apply { update: update.clone(), origin, reply }).await?.1
     }
 
     /// Sends `request` to `doc_id`'s room (spawning it if needed) and waits for its reply.
@@ -147,7 +146,6 @@ impl Rooms {
         }
         Err(Error::RoomGone)
     }
-
 
     /// Connected peers per loaded room.
     pub(crate) fn peer_counts(&self) -> HashMap<DocId, usize> {

@@ -35,8 +35,9 @@ impl Keys {
             let kid = kid_of(path)?;
             let pem = std::fs::read(path)
                 .with_context(|| format!("reading the public key {}", path.display()))?;
-            let key = public_key(&pem)
-                .with_context(|| format!("{}: not an Ed25519 or P-256 public key in PEM", path.display()))?;
+            let key = public_key(&pem).with_context(|| {
+                format!("{}: not an Ed25519 or P-256 public key in PEM", path.display())
+            })?;
             if public.insert(kid.clone(), key).is_some() {
                 anyhow::bail!("two public keys have the kid {kid:?}");
             }
@@ -115,7 +116,8 @@ fn public_key(pem: &[u8]) -> anyhow::Result<(DecodingKey, Algorithm)> {
 fn header_says_none(token: &str) -> bool {
     use base64::Engine as _;
     let Some(first) = token.split('.').next() else { return false };
-    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(first.trim_end_matches('='))
+    let Ok(json) =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(first.trim_end_matches('='))
     else {
         return false;
     };
@@ -152,8 +154,12 @@ mod tests {
     }
 
     fn sign(header: &Header, claims: serde_json::Value) -> String {
-        jsonwebtoken::encode(header, &claims, &EncodingKey::from_secret(SECRET.as_bytes()).expect("key"))
-            .expect("sign")
+        jsonwebtoken::encode(
+            header,
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()).expect("key"),
+        )
+        .expect("sign")
     }
 
     fn claims(exp: u64) -> serde_json::Value {
@@ -188,11 +194,9 @@ mod tests {
         )
         .expect("sign");
         assert_eq!(k.verify(&other, now).unwrap_err(), "bad signature");
-        let mut crit = Header::default();
-        crit.crit = Some(vec!["exp".into()]);
+        let crit = Header { crit: Some(vec!["exp".into()]), ..Default::default() };
         assert!(k.verify(&sign(&crit, claims(now + 60)), now).unwrap_err().contains("critical"));
-        let mut kid = Header::default();
-        kid.kid = Some("nope".into());
+        let kid = Header { kid: Some("nope".into()), ..Default::default() };
         assert!(k.verify(&sign(&kid, claims(now + 60)), now).unwrap_err().contains("unknown key"));
         let hs384 = Header::new(Algorithm::HS384);
         assert!(k.verify(&sign(&hs384, claims(now + 60)), now).unwrap_err().contains("algorithm"));

@@ -168,7 +168,8 @@ pub(crate) fn parse_ttl(ttl: &str) -> Result<Duration, String> {
         Some(i) => ttl.split_at(i),
         None => (ttl, "s"),
     };
-    let n: u64 = number.parse().map_err(|_| format!("{ttl:?}: expected e.g. 60, 30s, 15m, 1h, 7d"))?;
+    let n: u64 =
+        number.parse().map_err(|_| format!("{ttl:?}: expected e.g. 60, 30s, 15m, 1h, 7d"))?;
     let unit = match unit {
         "s" => 1,
         "m" => 60,
@@ -176,7 +177,10 @@ pub(crate) fn parse_ttl(ttl: &str) -> Result<Duration, String> {
         "d" => 86_400,
         _ => return Err(format!("{ttl:?}: the unit is s, m, h or d")),
     };
-    n.checked_mul(unit).filter(|s| *s > 0).map(Duration::from_secs).ok_or_else(|| format!("{ttl:?}: out of range"))
+    n.checked_mul(unit)
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{ttl:?}: out of range"))
 }
 
 #[cfg(test)]

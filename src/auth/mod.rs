@@ -280,7 +280,10 @@ mod tests {
             jti: None,
             admin: Some(admin),
             docs: Some(
-                grants.iter().map(|(p, a)| RawGrant { p: p.to_string(), a: a.to_string() }).collect(),
+                grants
+                    .iter()
+                    .map(|(p, a)| RawGrant { p: p.to_string(), a: a.to_string() })
+                    .collect(),
             ),
         })
     }

@@ -221,7 +221,8 @@ impl Room {
         let outcome: Result<&str, Error> = loop {
             // A document nobody ever wrote goes as soon as its last peer does: connecting to
             // random names must not pin a room per name for the grace period.
-            let grace = if self.core.is_blank() { Duration::ZERO } else { self.config.room_grace() };
+            let grace =
+                if self.core.is_blank() { Duration::ZERO } else { self.config.room_grace() };
             let idle_deadline = idle_since + grace;
             let awareness_due = self.core.awareness_due();
             let step = tokio::select! {

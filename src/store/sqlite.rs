@@ -86,10 +86,22 @@ impl Shared {
 }
 
 enum Job {
-    Append { doc: DocId, updates: Vec<Bytes>, reply: oneshot::Sender<Result<Appended>> },
-    Compact { doc: DocId, snapshot: Vec<u8>, upto_seq: i64, reply: oneshot::Sender<Result<bool>> },
+    Append {
+        doc: DocId,
+        updates: Vec<Bytes>,
+        reply: oneshot::Sender<Result<Appended>>,
+    },
+    Compact {
+        doc: DocId,
+        snapshot: Vec<u8>,
+        upto_seq: i64,
+        reply: oneshot::Sender<Result<bool>>,
+    },
     /// A deny-list entry (rare; it rides along with whatever group is committing).
-    Revoke { revocation: Revocation, reply: oneshot::Sender<Result<()>> },
+    Revoke {
+        revocation: Revocation,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 /// What one job did, inside a group that committed.

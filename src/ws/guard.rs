@@ -107,7 +107,9 @@ mod tests {
 
     fn presence(id: u64, json: &str) -> Bytes {
         let mut update = AwarenessUpdate { clients: Default::default() };
-        update.clients.insert(ClientID::new(id), AwarenessUpdateEntry { clock: 1, json: json.into() });
+        update
+            .clients
+            .insert(ClientID::new(id), AwarenessUpdateEntry { clock: 1, json: json.into() });
         protocol::awareness(&update)
     }
 

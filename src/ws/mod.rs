@@ -175,7 +175,6 @@ impl Slots {
         }
         Ok(slot)
     }
-
 }
 
 impl Drop for Slot {
@@ -282,7 +281,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         None => (None, None),
     };
     let span = tracing::info_span!("conn", doc = %doc_id, %peer, sub, jti, read_only = !can_write);
-    let joining = Joining { doc_id: doc_id.clone(), peer, browser, can_write, identity: identity.clone() };
+    let joining =
+        Joining { doc_id: doc_id.clone(), peer, browser, can_write, identity: identity.clone() };
     run_peer(socket, joining, deps).instrument(span).await
 }
 
@@ -297,9 +297,8 @@ struct Joining {
 
 /// When a token's `exp` (seconds since the epoch) falls on tokio's clock.
 fn expiry_instant(exp: u64) -> Instant {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let left = Duration::from_secs(exp).saturating_sub(now);
     Instant::now() + left
 }

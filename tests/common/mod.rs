@@ -106,6 +106,8 @@ pub struct YClient {
     /// The payloads of those update frames, as received.
     pub received: Vec<Vec<u8>>,
     pub closed: Option<(u16, String)>,
+    /// Reasons of y-protocols auth `permission denied` messages received.
+    pub denied: Vec<String>,
 }
 
 impl YClient {
@@ -140,7 +142,38 @@ impl YClient {
             updates_received: 0,
             received: Vec::new(),
             closed: None,
+            denied: Vec::new(),
         })
+    }
+
+    /// Connects offering these `Sec-WebSocket-Protocol` entries; returns the client and
+    /// the protocol the server selected.
+    pub async fn connect_with_protocols(
+        url: &str,
+        protocols: &str,
+    ) -> Result<(YClient, Option<String>), tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request()?;
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocols.parse().expect("header value"));
+        let (socket, response) = connect_async(request).await?;
+        let selected = response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        let client = YClient {
+            doc: Doc::new(),
+            socket,
+            awareness: Default::default(),
+            step2_sizes: Vec::new(),
+            updates_received: 0,
+            received: Vec::new(),
+            closed: None,
+            denied: Vec::new(),
+        };
+        Ok((client, selected))
     }
 
     /// Sends our state vector and waits for the SyncStep2 that answers it.
@@ -280,6 +313,15 @@ impl YClient {
 
     async fn handle(&mut self, msg: Message) {
         match msg {
+            Message::Binary(frame) if frame.first() == Some(&2) => {
+                // y-protocols auth: [2, 0 (permission denied), reason]
+                let mut cursor = yrs::encoding::read::Cursor::new(&frame[..]);
+                use yrs::encoding::read::Read as _;
+                let _tag: u8 = cursor.read_var().expect("tag");
+                let kind: u8 = cursor.read_var().expect("auth kind");
+                assert_eq!(kind, 0, "only permission denied is defined");
+                self.denied.push(cursor.read_string().expect("reason").to_string());
+            }
             Message::Binary(frame) => {
                 for incoming in decode_server_frame(&frame) {
                     match incoming {
@@ -348,17 +390,23 @@ enum ServerMsg {
 /// SyncStep1/2 are told apart by the second byte.
 fn decode_server_frame(frame: &Bytes) -> Vec<ServerMsg> {
     let kind = frame.get(1).copied();
-    protocol::decode_frame(frame, &protocol::FrameLimits { max_awareness_entries: usize::MAX, max_awareness_bytes: usize::MAX })
-        .expect("server frame decodes")
-        .into_iter()
-        .map(|msg| match msg {
-            Incoming::SyncStep1(sv) => ServerMsg::Step1(sv),
-            Incoming::Update(raw) if kind == Some(1) => ServerMsg::Step2(raw.to_vec()),
-            Incoming::Update(raw) => ServerMsg::Update(raw.to_vec()),
-            Incoming::Awareness { update, .. } => ServerMsg::Awareness(update),
-            Incoming::QueryAwareness => panic!("server asked for awareness"),
-        })
-        .collect()
+    protocol::decode_frame(
+        frame,
+        &protocol::FrameLimits {
+            max_awareness_entries: usize::MAX,
+            max_awareness_bytes: usize::MAX,
+        },
+    )
+    .expect("server frame decodes")
+    .into_iter()
+    .map(|msg| match msg {
+        Incoming::SyncStep1(sv) => ServerMsg::Step1(sv),
+        Incoming::Update(raw) if kind == Some(1) => ServerMsg::Step2(raw.to_vec()),
+        Incoming::Update(raw) => ServerMsg::Update(raw.to_vec()),
+        Incoming::Awareness { update, .. } => ServerMsg::Awareness(update),
+        Incoming::QueryAwareness => panic!("server asked for awareness"),
+    })
+    .collect()
 }
 
 /// Reads the document straight from a stopped server's data dir, through a fresh server.
@@ -390,6 +438,43 @@ pub async fn http_bytes(url: &str, method: &str, content_type: &str, body: &[u8]
     http_client::request(url, method, "HTTP/1.1", &[("Content-Type", content_type)], body)
         .await
         .expect("http")
+}
+
+/// A request with a bearer token (or none) and a body of `content_type`.
+pub async fn http_auth(
+    url: &str,
+    method: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> HttpResponse {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", content_type)];
+    if let Some(bearer) = &bearer {
+        headers.push(("Authorization", bearer.as_str()));
+    }
+    http_client::request(url, method, "HTTP/1.1", &headers, body).await.expect("http")
+}
+
+/// An HS256 token with these claims (`exp` and `iat` filled in relative to now unless
+/// given).
+pub fn mint(secret: &str, mut claims: serde_json::Value) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    if claims.get("exp").is_none() {
+        claims["exp"] = serde_json::json!(now + 3600);
+    }
+    if claims.get("iat").is_none() {
+        claims["iat"] = serde_json::json!(now);
+    }
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("key");
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("sign")
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs()
 }
 
 /// A request with exactly these headers and HTTP version (handshake tests).
