@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import WebSocket from 'ws'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
-import { startServer } from '../support/tandem-process.mjs'
+import { startServer, tandemCli } from '../support/tandem-process.mjs'
 
 
 async function waitFor (predicate, what, timeout = 10000) {
@@ -23,11 +23,12 @@ async function waitFor (predicate, what, timeout = 10000) {
 // Every provider registers a process 'exit' listener; a test file opens more than ten.
 process.setMaxListeners(100)
 const providers = []
-function connect (server, room, doc = new Y.Doc()) {
+function connect (server, room, doc = new Y.Doc(), params = {}) {
   const provider = new WebsocketProvider(`ws://${server.addr}/ws`, room, doc, {
     WebSocketPolyfill: WebSocket,
     disableBc: true,
-    maxBackoffTime: 200
+    maxBackoffTime: 200,
+    params
   })
   providers.push(provider)
   return { doc, provider, text: doc.getText('t') }
@@ -165,4 +166,46 @@ test('SIGTERM closes sockets with 1001, exits 0, and a restart keeps every docum
   const c = connect(server, 'converge')
   await synced(c)
   assert.equal(c.text.length, 11)
+})
+
+// Access control, with tokens minted by the CLI (`tandem token`), carried as the stock
+// provider's `params.token`.
+const SECRET = 'interop secret'
+test('with a token the stock provider edits, and a read-only one only watches', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tandem-interop-auth-'))
+  const secured = await startServer(dir, { args: ['--auth-secret', SECRET] })
+  try {
+    const env = { TANDEM_AUTH_SECRET: SECRET }
+    const rw = await tandemCli(['token', '--doc', 'team.*', '--sub', 'writer'], env)
+    const ro = await tandemCli(['token', '--doc', 'team.plan:r', '--sub', 'reader'], env)
+    const writer = connect(secured, 'team.plan', new Y.Doc(), { token: rw })
+    const reader = connect(secured, 'team.plan', new Y.Doc(), { token: ro })
+    await Promise.all([synced(writer), synced(reader)])
+    writer.text.insert(0, 'from the writer')
+    await waitFor(() => reader.text.toString() === 'from the writer', 'the reader sees the edit')
+    // The reader edits locally; the server applies, stores and relays none of it.
+    let denied = null
+    reader.provider.on('connection-close', () => {})
+    const originalWarn = console.warn
+    console.warn = (...a) => { denied = a.join(' '); }
+    reader.text.insert(0, 'sneaky ')
+    await waitFor(() => denied !== null, 'permission denied from the server')
+    console.warn = originalWarn
+    assert.match(denied, /read-only/)
+    writer.text.insert(writer.text.length, '!')
+    await waitFor(() => reader.text.toString().endsWith('!'), 'the reader still follows')
+    assert.equal(writer.text.toString(), 'from the writer!', 'the read-only edit reached nobody')
+    const late = connect(secured, 'team.plan', new Y.Doc(), { token: rw })
+    await synced(late)
+    assert.equal(late.text.toString(), 'from the writer!')
+    assert.ok(reader.provider.wsconnected, 'the read-only provider stays connected')
+    // Without a token the stock provider is closed with 4401 and, by its default
+    // shouldReconnect, stops trying.
+    const anonymous = connect(secured, 'team.plan')
+    const closed = await new Promise(resolve => anonymous.provider.on('connection-close', e => resolve(e)))
+    assert.equal(closed.code, 4401)
+  } finally {
+    secured.child.kill('SIGKILL')
+    rmSync(dir, { recursive: true, force: true })
+  }
 })

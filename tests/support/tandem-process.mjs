@@ -11,13 +11,13 @@ export const BIN = process.env.TANDEM_BIN || join(ROOT, 'target', 'debug', 'tand
 
 /**
  * @param {string} dataDir
- * @param {{ listen?: string, webDir?: string|null }} options  webDir '' disables the pages,
- *   null serves the editor built into the binary
+ * @param {{ listen?: string, webDir?: string|null, args?: string[] }} options  webDir ''
+ *   disables the pages, null serves the editor built into the binary; args are extra flags
  * @returns {Promise<{ child, addr: string, exited: Promise<number|null> }>}
  */
-export function startServer (dataDir, { listen = '127.0.0.1:0', webDir = '' } = {}) {
+export function startServer (dataDir, { listen = '127.0.0.1:0', webDir = '', args: extra = [] } = {}) {
   return new Promise((resolve, reject) => {
-    const args = ['--listen', listen, '--data-dir', dataDir]
+    const args = ['--listen', listen, '--data-dir', dataDir, ...extra]
     if (webDir !== null) args.push(`--web-dir=${webDir}`)
     const child = spawn(BIN, args, {
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn,tandem=info' },
@@ -36,5 +36,23 @@ export function startServer (dataDir, { listen = '127.0.0.1:0', webDir = '' } = 
       }
     })
     child.on('error', reject)
+  })
+}
+
+/**
+ * Runs `tandem token …` or `tandem share …` (the CLI the README documents) and returns
+ * what it printed on stdout, trimmed.
+ * @param {string[]} args
+ * @param {Record<string, string>} env
+ */
+export function tandemCli (args, env = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(BIN, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    let err = ''
+    child.stdout.on('data', c => { out += c })
+    child.stderr.on('data', c => { err += c })
+    child.on('error', reject)
+    child.on('exit', code => code === 0 ? resolve(out.trim()) : reject(new Error(`tandem ${args[0]} exited ${code}: ${err}`)))
   })
 }

@@ -12,10 +12,14 @@ import CollaborationCaret from '@tiptap/extension-collaboration-caret'
 import { browserId, myName, saveName } from './common.js'
 import { trackSync } from './sync-status.js'
 import { buildToolbar } from './toolbar.js'
+import { takeToken, accessFor, REFUSALS } from './access.js'
 
 const docName = decodeURIComponent(location.pathname.replace(/^\/d\//, ''))
 document.title = `${docName} · Tandem`
 document.getElementById('doc-title').textContent = docName
+
+const token = takeToken(docName)
+const readOnly = accessFor(token, docName) === 'r'
 
 const ydoc = new Y.Doc()
 // Local copy first: a reload while offline still shows (and keeps) every edit.
@@ -24,7 +28,7 @@ const local = new IndexeddbPersistence(`tandem:${docName}`, ydoc)
 const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`
 const provider = new WebsocketProvider(wsUrl, docName, ydoc, {
   connect: false,
-  params: { browser: browserId() },
+  params: token ? { browser: browserId(), token } : { browser: browserId() },
   // We reconnect ourselves, with jitter (see sync-status.js).
   shouldReconnect: () => false
 })
@@ -44,21 +48,35 @@ const editor = new Editor({
     Collaboration.configure({ document: ydoc }),
     CollaborationCaret.configure({ provider, user: me })
   ],
+  editable: !readOnly,
   editorProps: { attributes: { 'aria-label': `Document ${docName}`, spellcheck: 'true' } }
 })
+if (readOnly) {
+  document.getElementById('view-only').hidden = false
+  document.body.classList.add('read-only')
+}
 window.tandem = { editor, ydoc, provider, local } // for the end-to-end tests and the curious
 
 buildToolbar(document.getElementById('toolbar'), editor)
 
 /** Asks the server for this browser's colour in this document (before every connect). */
 async function fetchIdentity () {
+  const headers = { 'content-type': 'application/json' }
+  if (token) headers.authorization = `Bearer ${token}`
   const res = await fetch(`/api/docs/${encodeURIComponent(docName)}/identity`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json' },
+    headers,
     body: JSON.stringify({ browser: browserId() })
   })
   if (!res.ok) throw new Error(`identity: ${res.status}`)
-  const { color } = await res.json()
+  const { color, name } = await res.json()
+  if (name && name !== me.name) {
+    // The token names this person: use it (the field stays editable for this tab).
+    me.name = name.slice(0, 40)
+    nameInput.value = me.name
+    editor.commands.updateUser({ ...me })
+    renderPeople()
+  }
   if (color !== me.color) {
     me.color = color
     try { localStorage.setItem(colourKey, color) } catch {}
@@ -107,8 +125,21 @@ renderPeople()
 const status = document.getElementById('status')
 const saved = document.getElementById('saved')
 const LABELS = { connected: 'Connected', connecting: 'Connecting…', reconnecting: 'Reconnecting…', offline: 'Offline' }
+const blocked = document.getElementById('blocked')
 trackSync(provider, {
   beforeConnect: fetchIdentity,
+  onRefused: ({ code, reason }) => {
+    const message = REFUSALS[code]
+    if (!message) return false // not final: reconnect with backoff
+    blocked.textContent = message
+    blocked.dataset.code = String(code)
+    blocked.title = reason || ''
+    blocked.hidden = false
+    editor.setEditable(false)
+    status.dataset.state = 'offline'
+    status.textContent = 'Not connected'
+    return true
+  },
   onChange: ({ connection, saved: isSaved }) => {
     status.dataset.state = connection
     status.textContent = LABELS[connection]

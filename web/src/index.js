@@ -22,6 +22,12 @@ input.addEventListener('input', () => { error.hidden = true })
 async function refresh () {
   try {
     const res = await fetch('/api/docs', { cache: 'no-store' })
+    if (res.status === 401) {
+      // Access control is on and this page carries no token: documents open from links.
+      empty.textContent = 'This server needs a link with access to a document.'
+      empty.hidden = false
+      return
+    }
     if (!res.ok) return
     const { docs } = await res.json()
     docs.sort((a, b) => (b.peers - a.peers) || ((b.updated_at || 0) - (a.updated_at || 0)))

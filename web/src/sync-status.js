@@ -49,14 +49,16 @@ function isEmptyUpdate (payload) {
  * Drives the provider's connection (with exponential backoff and jitter) and reports
  * { connection: 'connected' | 'connecting' | 'reconnecting' | 'offline', saved: bool }.
  */
-export function trackSync (provider, { beforeConnect, onChange }) {
+export function trackSync (provider, { beforeConnect, onChange, onRefused = () => false }) {
   const pending = new Map() // key -> count of sent, not yet echoed
   let unsent = false // local edits made while no socket could carry them
   let attempts = 0
   let timer = null
+  let refused = false // the server said no for good (4401, 4403, …): stop trying
   let state = { connection: 'connecting', saved: false }
 
   const emit = () => {
+    if (refused) return
     const online = navigator.onLine !== false
     const connection = !online ? 'offline'
       : provider.wsconnected && provider.synced ? 'connected'
@@ -115,13 +117,20 @@ export function trackSync (provider, { beforeConnect, onChange }) {
   const connect = async () => {
     clearTimeout(timer)
     timer = null
+    if (refused) return
     if (navigator.onLine === false) return emit()
     try { await beforeConnect() } catch { /* the server may be down; try the socket anyway */ }
     provider.connect()
     emit()
   }
-  const scheduleReconnect = () => {
-    if (timer || navigator.onLine === false) return
+  const scheduleReconnect = close => {
+    if (close && onRefused(close)) {
+      refused = true
+      clearTimeout(timer)
+      timer = null
+      return
+    }
+    if (refused || timer || navigator.onLine === false) return
     attempts++
     // Exponential backoff from 250 ms to 30 s, with jitter so a restarted server is not
     // hit by every browser at the same instant.
