@@ -23,6 +23,8 @@ mod awareness;
 pub mod colour;
 pub mod config;
 mod error;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 mod http;
 mod id;
 mod limit;

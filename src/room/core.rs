@@ -95,7 +95,7 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn for_tests() -> Limits {
         Limits {
             compact_updates: 10,
@@ -433,6 +433,12 @@ impl RoomCore {
         self.head == 0 && self.snapshot_bytes == 0 && !self.has_pending()
     }
 
+    /// The whole document as one update (the fuzz oracle compares it with the log).
+    #[cfg(fuzzing)]
+    pub(crate) fn state_for_tests(&self) -> Vec<u8> {
+        self.doc.transact().encode_state_as_update_v1(&StateVector::default())
+    }
+
     pub(crate) fn log_updates(&self) -> u64 {
         self.log_updates
     }
@@ -616,11 +622,15 @@ mod tests {
     }
 
     fn join(core: &mut RoomCore, queue: usize) -> TestPeer {
+        join_as(core, queue, true)
+    }
+
+    fn join_as(core: &mut RoomCore, queue: usize, can_write: bool) -> TestPeer {
         let (tx, outbox) = mpsc::channel(queue);
         let (kick, kicked) = oneshot::channel();
         let (reply, joined) = oneshot::channel();
         let id = PeerId::new();
-        core.join(NewPeer { id, browser: None, can_write: true, outbox: tx, kick }, reply);
+        core.join(NewPeer { id, browser: None, can_write, outbox: tx, kick }, reply);
         let mut joined = joined;
         assert!(matches!(joined.try_recv(), Ok(Ok(()))));
         TestPeer { id, outbox, kicked }
@@ -871,5 +881,42 @@ mod tests {
         assert_eq!(upto, 10);
         core.compacted(upto, 0, true);
         assert!(!core.wants_compaction());
+    }
+
+    #[test]
+    fn a_read_only_peers_writes_are_refused_once_and_never_stored() {
+        let mut core = core(25);
+        let mut head = 0;
+        let mut writer = join(&mut core, 64);
+        let mut reader = join_as(&mut core, 64, false);
+        commit(&mut core, &mut head);
+        writer.frames();
+        reader.frames();
+        // An empty update (every client's SyncStep2 answer) is not a write.
+        core.incoming(reader.id, Incoming::Update(Bytes::from_static(&[0, 0])));
+        core.incoming(reader.id, Incoming::Update(edit("nope")));
+        core.incoming(reader.id, Incoming::Update(edit("again")));
+        assert_eq!(commit(&mut core, &mut head), 0, "nothing stored");
+        let denied = protocol::permission_denied("read-only");
+        assert_eq!(reader.frames(), vec![denied], "told once");
+        assert!(writer.frames().is_empty(), "relayed to nobody");
+        assert_eq!(reader.kick_code(), None, "and still connected");
+        // The reader still receives everyone else's updates.
+        core.incoming(writer.id, Incoming::Update(edit("yes")));
+        assert_eq!(commit(&mut core, &mut head), 1);
+        assert_eq!(reader.frames().len(), 1);
+    }
+
+    #[test]
+    fn an_update_past_the_document_limit_is_refused_and_not_stored() {
+        let limits = Limits { max_doc_bytes: 200, ..Limits::for_tests() };
+        let mut core = RoomCore::new(Doc::new(), &Loaded::default(), limits, Arc::default());
+        let mut head = 0;
+        let mut a = join(&mut core, 64);
+        core.incoming(a.id, Incoming::Update(edit(&"x".repeat(100))));
+        assert_eq!(commit(&mut core, &mut head), 1);
+        core.incoming(a.id, Incoming::Update(edit(&"y".repeat(100))));
+        assert_eq!(commit(&mut core, &mut head), 0);
+        assert_eq!(a.kick_code(), Some(4413));
     }
 }

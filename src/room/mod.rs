@@ -9,7 +9,7 @@
 //! awaited, then the core releases what waited for it. A path that queues frames cannot
 //! forget to send them.
 
-mod core;
+pub(crate) mod core;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;

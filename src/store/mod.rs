@@ -52,7 +52,7 @@ pub(crate) type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A document as stored: the snapshot and the log rows after it, already checked to be
 /// consistent (gapless from the snapshot's seq up to the head).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Loaded {
     pub(crate) snapshot: Option<Vec<u8>>,
     /// Log rows after the snapshot, in seq order.
