@@ -68,6 +68,8 @@ pub fn decode_frame(frame: &Bytes, limits: &FrameLimits) -> Result<Vec<Incoming>
                 let payload = cursor.read_buf().map_err(bad_frame)?;
                 match sync_tag {
                     t if t == MSG_SYNC_STEP_1 as u64 => {
+                        shape::check_state_vector(payload)
+                            .map_err(|e| Error::BadFrame(format!("state vector: {e}")))?;
                         let sv = guarded(|| StateVector::decode_v1(payload))
                             .map_err(|e| Error::BadFrame(format!("state vector: {e}")))?;
                         out.push(Incoming::SyncStep1(sv));
@@ -95,7 +97,217 @@ pub fn decode_frame(frame: &Bytes, limits: &FrameLimits) -> Result<Vec<Incoming>
 
 /// Decodes a v1 update so that nothing malformed ever reaches a document.
 pub fn decode_update(raw: &[u8]) -> Result<Update, Error> {
+    shape::check_update(raw).map_err(Error::InvalidUpdate)?;
     guarded(|| Update::decode_v1(raw)).map_err(Error::InvalidUpdate)
+}
+
+/// A walk over the v1 encodings before yrs decodes them, for two things yrs's decoders do
+/// with hostile input (both found by the fuzzers):
+/// - they reserve memory by the counts the input declares, and a hash map's reservation
+///   writes its control bytes at once: an 8-byte SyncStep1 declaring 100 M entries touched
+///   112 MiB and 81 ms of CPU before failing on the missing bytes;
+/// - they decode nested `Any` values recursively, so deep enough nesting overflows the
+///   stack (the whole process dies).
+///
+/// The walk allocates nothing: it checks that every count fits in the bytes that follow
+/// (each counted element takes at least one byte, or two) and that `Any` values nest at
+/// most `MAX_DEPTH` deep. It mirrors yrs 0.28's v1 decoder; whatever it does not recognise
+/// (a truncated input, an unknown tag) it leaves to yrs, which refuses it.
+mod shape {
+    /// Deeper than any document a person writes; far below what overflows a stack.
+    const MAX_DEPTH: usize = 64;
+
+    enum Stop {
+        /// The input is not one we can judge (truncated, unknown tag): yrs decides.
+        Unknown,
+        /// The input declares more than it holds, or nests too deeply.
+        Refuse(String),
+    }
+
+    type Step<T = ()> = Result<T, Stop>;
+
+    struct Walk<'a> {
+        buf: &'a [u8],
+        pos: usize,
+    }
+
+    impl Walk<'_> {
+        fn left(&self) -> usize {
+            self.buf.len() - self.pos
+        }
+
+        fn byte(&mut self) -> Step<u8> {
+            let b = *self.buf.get(self.pos).ok_or(Stop::Unknown)?;
+            self.pos += 1;
+            Ok(b)
+        }
+
+        /// A varint (signed or not: both end at the first byte below 0x80).
+        fn var(&mut self) -> Step<u64> {
+            let mut value = 0u64;
+            for shift in (0..70).step_by(7) {
+                let b = self.byte()?;
+                if shift < 64 {
+                    value |= u64::from(b & 0x7f) << shift;
+                }
+                if b & 0x80 == 0 {
+                    return Ok(value);
+                }
+            }
+            Err(Stop::Unknown)
+        }
+
+        fn skip(&mut self, n: u64) -> Step {
+            if n > self.left() as u64 {
+                return Err(Stop::Unknown);
+            }
+            self.pos += n as usize;
+            Ok(())
+        }
+
+        /// A length-prefixed string or buffer.
+        fn bytes(&mut self) -> Step {
+            let n = self.var()?;
+            self.skip(n)
+        }
+
+        /// A count of elements that take at least `each` bytes apiece.
+        fn count(&mut self, each: u64, what: &str) -> Step<u64> {
+            let n = self.var()?;
+            if n.saturating_mul(each) > self.left() as u64 {
+                return Err(Stop::Refuse(format!(
+                    "declares {n} {what} in {} bytes",
+                    self.left()
+                )));
+            }
+            Ok(n)
+        }
+
+        fn any(&mut self, depth: usize) -> Step {
+            if depth > MAX_DEPTH {
+                return Err(Stop::Refuse(format!("values nested deeper than {MAX_DEPTH}")));
+            }
+            match self.byte()? {
+                127 | 126 | 121 | 120 => Ok(()),
+                125 => self.var().map(drop),
+                124 => self.skip(4),
+                123 | 122 => self.skip(8),
+                119 | 116 => self.bytes(),
+                118 => {
+                    for _ in 0..self.count(2, "map entries")? {
+                        self.bytes()?;
+                        self.any(depth + 1)?;
+                    }
+                    Ok(())
+                }
+                117 => {
+                    for _ in 0..self.count(1, "array items")? {
+                        self.any(depth + 1)?;
+                    }
+                    Ok(())
+                }
+                _ => Err(Stop::Unknown),
+            }
+        }
+
+        fn content(&mut self, info: u8) -> Step {
+            match info & 0b1111 {
+                1 => self.var().map(drop),           // deleted: a length, not a count
+                2 => {
+                    // JSON: yrs reads one more string than the count says.
+                    let n = self.count(1, "JSON values")?;
+                    for _ in 0..=n {
+                        self.bytes()?;
+                    }
+                    Ok(())
+                }
+                3..=5 => self.bytes(),               // binary, string, embed (JSON text)
+                6 => {
+                    self.bytes()?;                   // format: key, JSON text
+                    self.bytes()
+                }
+                7 => match self.byte()? {
+                    3 => self.bytes(),               // XmlElement: its tag name
+                    0..=2 | 4..=6 | 9 | 15 => Ok(()),
+                    _ => Err(Stop::Unknown),
+                },
+                8 => {
+                    for _ in 0..self.count(1, "values")? {
+                        self.any(0)?;
+                    }
+                    Ok(())
+                }
+                9 => {
+                    self.bytes()?;                   // subdocument: guid, options
+                    self.any(0)
+                }
+                _ => Err(Stop::Unknown),
+            }
+        }
+
+        fn block(&mut self) -> Step {
+            let info = self.byte()?;
+            if info == 10 || info == 0 {
+                return self.var().map(drop);         // skip / GC: a length
+            }
+            if info & 0x80 != 0 {
+                self.var()?;                         // origin: client, clock
+                self.var()?;
+            }
+            if info & 0x40 != 0 {
+                self.var()?;                         // right origin
+                self.var()?;
+            }
+            if info & 0xc0 == 0 {
+                if self.var()? == 1 {
+                    self.bytes()?;                   // parent: a root type's name
+                } else {
+                    self.var()?;                     // parent: an item's id
+                    self.var()?;
+                }
+                if info & 0x20 != 0 {
+                    self.bytes()?;                   // parent sub (map key)
+                }
+            }
+            self.content(info)
+        }
+
+        fn update(&mut self) -> Step {
+            for _ in 0..self.count(3, "clients")? {
+                let blocks = self.count(1, "blocks")?;
+                self.var()?; // client
+                self.var()?; // clock
+                for _ in 0..blocks {
+                    self.block()?;
+                }
+            }
+            // The delete set.
+            for _ in 0..self.count(2, "deleting clients")? {
+                self.var()?;
+                for _ in 0..self.count(2, "deleted ranges")? {
+                    self.var()?;
+                    self.var()?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn verdict(step: Step) -> Result<(), String> {
+        match step {
+            Ok(()) | Err(Stop::Unknown) => Ok(()),
+            Err(Stop::Refuse(why)) => Err(why),
+        }
+    }
+
+    pub(super) fn check_update(raw: &[u8]) -> Result<(), String> {
+        verdict(Walk { buf: raw, pos: 0 }.update())
+    }
+
+    pub(super) fn check_state_vector(raw: &[u8]) -> Result<(), String> {
+        let mut walk = Walk { buf: raw, pos: 0 };
+        verdict(walk.count(2, "clients").map(drop))
+    }
 }
 
 fn decode_awareness(payload: &[u8], limits: &FrameLimits) -> Result<AwarenessUpdate, Error> {
@@ -257,6 +469,79 @@ mod tests {
         big.clients.insert(ClientID::new(1), AwarenessUpdateEntry { clock: 1, json: json.into() });
         let err = decode_frame(&awareness(&big), &FrameLimits::default()).unwrap_err();
         assert_eq!(err.close_code(), 1009);
+    }
+
+    /// Updates of every kind of content pass the shape check (a false refusal would lose a
+    /// person's edit), and yrs decodes each.
+    #[test]
+    fn real_updates_of_every_kind_pass_the_shape_check() {
+        use yrs::types::xml::{XmlElementPrelim, XmlFragment, XmlTextPrelim};
+        use yrs::{Any, Array, ArrayPrelim, Map, MapPrelim, WriteTxn, Xml};
+        let doc = Doc::new();
+        let mut updates = Vec::new();
+        let mut record = |doc: &Doc, change: &dyn Fn(&mut yrs::TransactionMut)| {
+            let mut txn = doc.transact_mut();
+            change(&mut txn);
+            updates.push(txn.encode_update_v1());
+        };
+        record(&doc, &|txn| {
+            let t = txn.get_or_insert_text("t");
+            t.insert(txn, 0, "hello world");
+            t.insert(txn, 11, " ünïcode ✓");
+            t.format(txn, 0, 5, [("bold".into(), Any::Bool(true))].into_iter().collect());
+            t.insert_embed(txn, 3, Any::from(std::collections::HashMap::from([("img".to_string(), Any::from("x.png"))])));
+        });
+        record(&doc, &|txn| {
+            let t = txn.get_or_insert_text("t");
+            t.remove_range(txn, 2, 4);
+        });
+        record(&doc, &|txn| {
+            let m = txn.get_or_insert_map("m");
+            m.insert(txn, "n", 42.5);
+            m.insert(txn, "i", -7i64);
+            m.insert(txn, "b", true);
+            m.insert(txn, "s", "str");
+            m.insert(txn, "buf", Any::Buffer(vec![1u8, 2, 3].into()));
+            m.insert(txn, "nested", Any::from(vec![Any::from(vec![Any::Null, Any::Undefined]), Any::from(std::collections::HashMap::from([("k".to_string(), Any::from(1))]))]));
+            m.insert(txn, "inner", MapPrelim::default());
+            m.insert(txn, "list", ArrayPrelim::from(vec![1, 2, 3]));
+        });
+        record(&doc, &|txn| {
+            let a = txn.get_or_insert_array("a");
+            a.insert_range(txn, 0, [1, 2, 3]);
+            a.remove_range(txn, 1, 1);
+        });
+        record(&doc, &|txn| {
+            let x = txn.get_or_insert_xml_fragment("default");
+            let p = x.insert(txn, 0, XmlElementPrelim::empty("paragraph"));
+            p.insert_attribute(txn, "textAlign", "left");
+            let text = p.insert(txn, 0, XmlTextPrelim::new("typed"));
+            text.format(txn, 0, 2, [("italic".into(), Any::from(std::collections::HashMap::<String, Any>::new()))].into_iter().collect());
+        });
+        updates.push(doc.transact().encode_state_as_update_v1(&StateVector::default()));
+        for (i, update) in updates.iter().enumerate() {
+            assert_eq!(shape::check_update(update), Ok(()), "update {i}");
+            decode_update(update).unwrap_or_else(|e| panic!("update {i}: {e}"));
+        }
+        let sv = doc.transact().state_vector().encode_v1();
+        assert_eq!(shape::check_state_vector(&sv), Ok(()));
+    }
+
+    #[test]
+    fn declared_counts_beyond_the_input_and_deep_nesting_are_refused() {
+        // 100 M state-vector entries declared in 6 bytes.
+        assert!(shape::check_state_vector(&[0x80, 0xc2, 0xd7, 0x2f, 1, 1]).is_err());
+        // An update with 1 G clients.
+        assert!(decode_update(&[0x80, 0x80, 0x80, 0x80, 4, 0, 0]).is_err());
+        // A map value nested 100 000 deep (an array in an array in …): Any content in a
+        // root map entry, info 8 | parent sub.
+        let mut deep = vec![1, 1, 5, 0, 0x28, 1, 1, b'm', 1, b'k', 1];
+        for _ in 0..100_000 {
+            deep.extend_from_slice(&[117, 1]);
+        }
+        deep.extend_from_slice(&[126, 0]);
+        let err = decode_update(&deep).unwrap_err();
+        assert!(err.to_string().contains("nested"), "{err}");
     }
 
     #[test]

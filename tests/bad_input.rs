@@ -215,3 +215,25 @@ async fn inconsistent_metadata_is_refused_and_nothing_is_lost() {
         drop(tmp);
     }
 }
+
+/// Found while fuzzing: yrs decodes nested values recursively, and one 200 KB update
+/// nesting arrays 100,000 deep overflowed the stack, killing the whole process. It is now
+/// refused like any invalid update, and the server carries on.
+#[tokio::test]
+async fn a_deeply_nested_update_is_refused_and_the_server_stays_up() {
+    let server = TestServer::start().await;
+    let mut other = YClient::join(&server, "elsewhere").await;
+    let mut attacker = YClient::join(&server, "deep").await;
+    let mut deep = vec![1, 1, 5, 0, 0x28, 1, 1, b'm', 1, b'k', 1];
+    for _ in 0..100_000 {
+        deep.extend_from_slice(&[117, 1]);
+    }
+    deep.extend_from_slice(&[126, 0]);
+    attacker.send(tandem::protocol::sync_update(&deep)).await;
+    let (code, reason) = attacker.expect_close().await;
+    assert_eq!(code, 1007, "{reason}");
+    assert!(reason.contains("nested"), "{reason}");
+    other.insert(0, "still serving").await;
+    other.pump_until(|c| c.updates_received == 1).await;
+    server.stop().await;
+}
