@@ -142,19 +142,34 @@ mod shape {
             Ok(b)
         }
 
-        /// A varint (signed or not: both end at the first byte below 0x80).
-        fn var(&mut self) -> Step<u64> {
+        /// A varint as yrs reads it: up to 11 bytes, each adding 7 bits shifted by
+        /// `wrapping_shl` (so for a u32, bits past 32 wrap around rather than overflow).
+        /// `bits` is the width yrs reads the field as (32 or 64); the value is what yrs
+        /// gets, which is what it reserves by. Signed varints end the same way, so
+        /// skipping one is reading it as either.
+        fn var_as(&mut self, bits: u32) -> Step<u64> {
             let mut value = 0u64;
-            for shift in (0..70).step_by(7) {
+            let mut shift = 0u32;
+            loop {
                 let b = self.byte()?;
-                if shift < 64 {
-                    value |= u64::from(b & 0x7f) << shift;
-                }
-                if b & 0x80 == 0 {
+                let part = u64::from(b & 0x7f);
+                value |= if bits == 32 {
+                    u64::from((part as u32).wrapping_shl(shift))
+                } else {
+                    part.wrapping_shl(shift)
+                };
+                shift += 7;
+                if b < 0x80 {
                     return Ok(value);
                 }
+                if shift > 70 {
+                    return Err(Stop::Unknown); // yrs: invalid varint
+                }
             }
-            Err(Stop::Unknown)
+        }
+
+        fn var(&mut self) -> Step<u64> {
+            self.var_as(64)
         }
 
         fn skip(&mut self, n: u64) -> Step {
@@ -171,9 +186,10 @@ mod shape {
             self.skip(n)
         }
 
-        /// A count of elements that take at least `each` bytes apiece.
-        fn count(&mut self, each: u64, what: &str) -> Step<u64> {
-            let n = self.var()?;
+        /// A count (read as a `bits`-wide varint, as yrs reads it) of elements that take at
+        /// least `each` bytes apiece.
+        fn count(&mut self, bits: u32, each: u64, what: &str) -> Step<u64> {
+            let n = self.var_as(bits)?;
             if n.saturating_mul(each) > self.left() as u64 {
                 return Err(Stop::Refuse(format!(
                     "declares {n} {what} in {} bytes",
@@ -194,14 +210,14 @@ mod shape {
                 123 | 122 => self.skip(8),
                 119 | 116 => self.bytes(),
                 118 => {
-                    for _ in 0..self.count(2, "map entries")? {
+                    for _ in 0..self.count(64, 2, "map entries")? {
                         self.bytes()?;
                         self.any(depth + 1)?;
                     }
                     Ok(())
                 }
                 117 => {
-                    for _ in 0..self.count(1, "array items")? {
+                    for _ in 0..self.count(64, 1, "array items")? {
                         self.any(depth + 1)?;
                     }
                     Ok(())
@@ -215,7 +231,7 @@ mod shape {
                 1 => self.var().map(drop),           // deleted: a length, not a count
                 2 => {
                     // JSON: yrs reads one more string than the count says.
-                    let n = self.count(1, "JSON values")?;
+                    let n = self.count(32, 1, "JSON values")?;
                     for _ in 0..=n {
                         self.bytes()?;
                     }
@@ -232,7 +248,7 @@ mod shape {
                     _ => Err(Stop::Unknown),
                 },
                 8 => {
-                    for _ in 0..self.count(1, "values")? {
+                    for _ in 0..self.count(32, 1, "values")? {
                         self.any(0)?;
                     }
                     Ok(())
@@ -273,8 +289,8 @@ mod shape {
         }
 
         fn update(&mut self) -> Step {
-            for _ in 0..self.count(3, "clients")? {
-                let blocks = self.count(1, "blocks")?;
+            for _ in 0..self.count(32, 3, "clients")? {
+                let blocks = self.count(32, 1, "blocks")?;
                 self.var()?; // client
                 self.var()?; // clock
                 for _ in 0..blocks {
@@ -282,9 +298,9 @@ mod shape {
                 }
             }
             // The delete set.
-            for _ in 0..self.count(2, "deleting clients")? {
+            for _ in 0..self.count(32, 2, "deleting clients")? {
                 self.var()?;
-                for _ in 0..self.count(2, "deleted ranges")? {
+                for _ in 0..self.count(32, 2, "deleted ranges")? {
                     self.var()?;
                     self.var()?;
                 }
@@ -306,7 +322,7 @@ mod shape {
 
     pub(super) fn check_state_vector(raw: &[u8]) -> Result<(), String> {
         let mut walk = Walk { buf: raw, pos: 0 };
-        verdict(walk.count(2, "clients").map(drop))
+        verdict(walk.count(32, 2, "clients").map(drop))
     }
 }
 
@@ -533,6 +549,9 @@ mod tests {
         assert!(shape::check_state_vector(&[0x80, 0xc2, 0xd7, 0x2f, 1, 1]).is_err());
         // An update with 1 G clients.
         assert!(decode_update(&[0x80, 0x80, 0x80, 0x80, 4, 0, 0]).is_err());
+        // The same count in 11 bytes, wrapping as yrs reads a u32 (found by the fuzzer).
+        let wrapped = [0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x7f, 1, 1];
+        assert!(shape::check_state_vector(&wrapped).is_err());
         // A map value nested 100 000 deep (an array in an array in …): Any content in a
         // root map entry, info 8 | parent sub.
         let mut deep = vec![1, 1, 5, 0, 0x28, 1, 1, b'm', 1, b'k', 1];
