@@ -10,6 +10,9 @@ fuzz_target!(init: quiet_caught_panics(), |data: &[u8]| {
 /// The room catches panics inside yrs's integration (and rebuilds the document); libFuzzer's
 /// hook would abort on them before they are caught. A panic nobody catches still aborts:
 /// it cannot unwind out of the fuzz entry point.
+/// `TANDEM_FUZZ_PANICS=1` prints every panic, caught or not (to see what a crash was).
 fn quiet_caught_panics() {
-    std::panic::set_hook(Box::new(|_| {}));
+    if std::env::var_os("TANDEM_FUZZ_PANICS").is_none() {
+        std::panic::set_hook(Box::new(|_| {}));
+    }
 }

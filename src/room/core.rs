@@ -467,6 +467,10 @@ impl RoomCore {
         match result {
             Ok(Ok(())) => {
                 self.full_state = None;
+                if let Err(e) = self.check_pending() {
+                    self.poisoned = true;
+                    return Err(e);
+                }
                 Ok(true)
             }
             Ok(Err(e)) => Err(Error::InvalidUpdate(e.to_string())),
@@ -476,6 +480,29 @@ impl RoomCore {
                 );
                 self.poisoned = true;
                 Err(Error::InvalidUpdate("update could not be integrated".into()))
+            }
+        }
+    }
+
+    /// An update whose blocks wait for ones not seen yet is kept by yrs as "pending", and
+    /// merged into every later encoding of the document. The fuzzer found updates whose
+    /// pending part yrs cannot merge again: every later SyncStep1 answer (and compaction)
+    /// then panicked, for every peer, even after a reload from the log. So an update that
+    /// leaves something pending is encoded once more here, cheaply (against the document's
+    /// own state vector, which leaves only the pending part to merge), and refused if that
+    /// fails; the room then rebuilds its document from the store, without it.
+    fn check_pending(&self) -> Result<(), Error> {
+        let txn = self.doc.transact();
+        let store = txn.store();
+        if store.pending_update().is_none() && store.pending_ds().is_none() {
+            return Ok(());
+        }
+        let own = txn.state_vector();
+        match catch_unwind(AssertUnwindSafe(|| txn.encode_state_as_update_v1(&own))) {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                tracing::warn!("refused an update whose pending part cannot be encoded again");
+                Err(Error::InvalidUpdate("update cannot be integrated".into()))
             }
         }
     }
