@@ -61,7 +61,10 @@ pub fn frame_into_room(data: &[u8]) {
     while rx.try_recv().is_ok() {}
     // Oracle: the stored rows rebuild a document with the same state as the room's.
     let rebuilt = build_doc("fuzz", &stored).expect("stored rows always rebuild");
-    let (a, b) = (core.state_for_tests(), rebuilt.transact().encode_state_as_update_v1(&StateVector::default()));
+    let (a, b) = (
+        core.state_for_tests(),
+        rebuilt.transact().encode_state_as_update_v1(&StateVector::default()),
+    );
     let (da, db) = (Doc::new(), Doc::new());
     for (doc, update) in [(&da, a), (&db, b)] {
         let update = Update::decode_v1(&update).expect("own encoding decodes");

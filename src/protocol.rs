@@ -183,8 +183,14 @@ mod shape {
 
         /// A length-prefixed string or buffer.
         fn bytes(&mut self) -> Step {
+            self.slice().map(drop)
+        }
+
+        fn slice(&mut self) -> Step<&[u8]> {
             let n = self.var()?;
-            self.skip(n)
+            let start = self.pos;
+            self.skip(n)?;
+            Ok(&self.buf[start..self.pos])
         }
 
         /// A count (read as a `bits`-wide varint, as yrs reads it) of elements that take at
@@ -192,10 +198,7 @@ mod shape {
         fn count(&mut self, bits: u32, each: u64, what: &str) -> Step<u64> {
             let n = self.var_as(bits)?;
             if n.saturating_mul(each) > self.left() as u64 {
-                return Err(Stop::Refuse(format!(
-                    "declares {n} {what} in {} bytes",
-                    self.left()
-                )));
+                return Err(Stop::Refuse(format!("declares {n} {what} in {} bytes", self.left())));
             }
             Ok(n)
         }
@@ -227,60 +230,68 @@ mod shape {
             }
         }
 
-        fn content(&mut self, info: u8) -> Step {
+        /// Skips an item's content; returns its length in clock units, as yrs counts it.
+        fn content(&mut self, info: u8) -> Step<u64> {
             match info & 0b1111 {
-                1 => self.var().map(drop),           // deleted: a length, not a count
+                1 => self.var_as(32), // deleted: a length, not a count
                 // ContentJSON: deprecated (Yjs has written ContentAny since v13), and yrs
                 // does not read back what it writes of it (its decoder takes one string
                 // more than the count), so a document holding it could not be reloaded
                 // after compaction. Found by the fuzzer's round-trip oracle.
                 2 => Err(Stop::Refuse("deprecated JSON content (use Any content)".into())),
-                3..=5 => self.bytes(),               // binary, string, embed (JSON text)
+                4 => {
+                    // A string is as long as its UTF-16 code units.
+                    let text = std::str::from_utf8(self.slice()?).map_err(|_| Stop::Unknown)?;
+                    Ok(text.encode_utf16().count() as u64)
+                }
+                3 | 5 => self.bytes().map(|()| 1), // binary, embed (JSON text)
                 6 => {
-                    self.bytes()?;                   // format: key, JSON text
-                    self.bytes()
+                    self.bytes()?; // format: key, JSON text
+                    self.bytes().map(|()| 1)
                 }
                 7 => match self.byte()? {
-                    3 => self.bytes(),               // XmlElement: its tag name
-                    0..=2 | 4..=6 | 9 | 15 => Ok(()),
+                    3 => self.bytes().map(|()| 1), // XmlElement: its tag name
+                    0..=2 | 4..=6 | 9 | 15 => Ok(1),
                     _ => Err(Stop::Unknown),
                 },
                 8 => {
-                    for _ in 0..self.count(32, 1, "values")? {
+                    let n = self.count(32, 1, "values")?;
+                    for _ in 0..n {
                         self.any(0)?;
                     }
-                    Ok(())
+                    Ok(n)
                 }
                 9 => {
-                    self.bytes()?;                   // subdocument: guid, options
-                    self.any(0)
+                    self.bytes()?; // subdocument: guid, options
+                    self.any(0).map(|()| 1)
                 }
                 _ => Err(Stop::Unknown),
             }
         }
 
-        fn block(&mut self) -> Step {
+        /// Skips one block; returns its length in clock units.
+        fn block(&mut self) -> Step<u64> {
             let info = self.byte()?;
             if info == 10 || info == 0 {
-                return self.var().map(drop);         // skip / GC: a length
+                return self.var_as(32); // skip / GC: a length
             }
             if info & 0x80 != 0 {
-                self.var()?;                         // origin: client, clock
+                self.var()?; // origin: client, clock
                 self.var()?;
             }
             if info & 0x40 != 0 {
-                self.var()?;                         // right origin
+                self.var()?; // right origin
                 self.var()?;
             }
             if info & 0xc0 == 0 {
                 if self.var()? == 1 {
-                    self.bytes()?;                   // parent: a root type's name
+                    self.bytes()?; // parent: a root type's name
                 } else {
-                    self.var()?;                     // parent: an item's id
+                    self.var()?; // parent: an item's id
                     self.var()?;
                 }
                 if info & 0x20 != 0 {
-                    self.bytes()?;                   // parent sub (map key)
+                    self.bytes()?; // parent sub (map key)
                 }
             }
             self.content(info)
@@ -290,17 +301,25 @@ mod shape {
             for _ in 0..self.count(32, 3, "clients")? {
                 let blocks = self.count(32, 1, "blocks")?;
                 self.var()?; // client
-                self.var()?; // clock
+                // Clocks are u32 in yrs: blocks that run past u32::MAX wrap around and
+                // leave a gap in the client's blocks, after which yrs panics on every
+                // encoding of the document (found by the apply fuzzer).
+                let mut clock = self.var_as(32)?;
                 for _ in 0..blocks {
-                    self.block()?;
+                    clock += self.block()?;
+                    if clock > u64::from(u32::MAX) {
+                        return Err(Stop::Refuse("clocks past 2^32".into()));
+                    }
                 }
             }
             // The delete set.
             for _ in 0..self.count(32, 2, "deleting clients")? {
                 self.var()?;
                 for _ in 0..self.count(32, 2, "deleted ranges")? {
-                    self.var()?;
-                    self.var()?;
+                    let (clock, len) = (self.var_as(32)?, self.var_as(32)?);
+                    if clock + len > u64::from(u32::MAX) {
+                        return Err(Stop::Refuse("deleted range past 2^32".into()));
+                    }
                 }
             }
             Ok(())
@@ -503,7 +522,14 @@ mod tests {
             t.insert(txn, 0, "hello world");
             t.insert(txn, 11, " ünïcode ✓");
             t.format(txn, 0, 5, [("bold".into(), Any::Bool(true))].into_iter().collect());
-            t.insert_embed(txn, 3, Any::from(std::collections::HashMap::from([("img".to_string(), Any::from("x.png"))])));
+            t.insert_embed(
+                txn,
+                3,
+                Any::from(std::collections::HashMap::from([(
+                    "img".to_string(),
+                    Any::from("x.png"),
+                )])),
+            );
         });
         record(&doc, &|txn| {
             let t = txn.get_or_insert_text("t");
@@ -516,7 +542,14 @@ mod tests {
             m.insert(txn, "b", true);
             m.insert(txn, "s", "str");
             m.insert(txn, "buf", Any::Buffer(vec![1u8, 2, 3].into()));
-            m.insert(txn, "nested", Any::from(vec![Any::from(vec![Any::Null, Any::Undefined]), Any::from(std::collections::HashMap::from([("k".to_string(), Any::from(1))]))]));
+            m.insert(
+                txn,
+                "nested",
+                Any::from(vec![
+                    Any::from(vec![Any::Null, Any::Undefined]),
+                    Any::from(std::collections::HashMap::from([("k".to_string(), Any::from(1))])),
+                ]),
+            );
             m.insert(txn, "inner", MapPrelim::default());
             m.insert(txn, "list", ArrayPrelim::from(vec![1, 2, 3]));
         });
@@ -530,7 +563,14 @@ mod tests {
             let p = x.insert(txn, 0, XmlElementPrelim::empty("paragraph"));
             p.insert_attribute(txn, "textAlign", "left");
             let text = p.insert(txn, 0, XmlTextPrelim::new("typed"));
-            text.format(txn, 0, 2, [("italic".into(), Any::from(std::collections::HashMap::<String, Any>::new()))].into_iter().collect());
+            text.format(
+                txn,
+                0,
+                2,
+                [("italic".into(), Any::from(std::collections::HashMap::<String, Any>::new()))]
+                    .into_iter()
+                    .collect(),
+            );
         });
         updates.push(doc.transact().encode_state_as_update_v1(&StateVector::default()));
         for (i, update) in updates.iter().enumerate() {

@@ -320,3 +320,61 @@ async fn the_same_sub_gets_the_same_colour_on_every_device() {
     assert_eq!(laptop["name"], "Ada L.");
     server.stop().await;
 }
+
+/// `tandem token` signs with a private key file (its stem is the kid) and `tandem share`
+/// prints a link; both verify against a server holding the matching public key.
+#[tokio::test]
+async fn the_cli_mints_tokens_the_server_accepts() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let server =
+        TestServer::start_with(|c| c.auth_public_key = vec![fixtures.join("public/test-ed.pem")])
+            .await;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args(args)
+            .env_remove("TANDEM_AUTH_SECRET")
+            .output()
+            .expect("run tandem");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8").trim().to_string()
+    };
+    let key = fixtures.join("private/test-ed.pem");
+    let key = key.to_str().expect("path");
+    let t = run(&[
+        "token",
+        "--auth-private-key",
+        key,
+        "--doc",
+        "cli-*:rw",
+        "--sub",
+        "cli",
+        "--ttl",
+        "15m",
+    ]);
+    let mut client = YClient::join_url(&url(&server, "cli-doc", &t)).await;
+    client.insert(0, "minted").await;
+    client.pump_until(|c| c.updates_received == 1).await;
+    let link = run(&[
+        "share",
+        "cli-doc",
+        "--read-only",
+        "--auth-private-key",
+        key,
+        "--base-url",
+        "http://x",
+    ]);
+    let shared = link.strip_prefix("http://x/d/cli-doc#token=").expect("a share link");
+    let mut reader = YClient::join_url(&url(&server, "cli-doc", shared)).await;
+    assert_eq!(reader.text(), "minted");
+    reader.insert(0, "no").await;
+    reader.pump_until(|c| !c.denied.is_empty()).await;
+    // Without a key, minting fails with a message instead of an unsigned token.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["token", "--doc", "x", "--sub", "y"])
+        .env_remove("TANDEM_AUTH_SECRET")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no key"));
+    server.stop().await;
+}

@@ -48,7 +48,11 @@ async fn fuzzer_findings_are_refused_and_the_document_keeps_serving() {
 
         // The document still serves: a newcomer syncs it, edits, and gets its echo.
         let mut late = YClient::join(&server, &doc).await;
-        assert!(late.text().starts_with("seed") || late.text().contains("seed"), "{:?}", late.text());
+        assert!(
+            late.text().starts_with("seed") || late.text().contains("seed"),
+            "{:?}",
+            late.text()
+        );
         late.insert(0, "after ").await;
         late.pump_until(|c| c.updates_received >= 1).await;
         writer.pump_until(|c| c.text().contains("after ")).await;

@@ -35,7 +35,10 @@ fn write_fuzz_seeds() {
     let mut presence = AwarenessUpdate { clients: Default::default() };
     presence.clients.insert(
         ClientID::new(7),
-        AwarenessUpdateEntry { clock: 1, json: r##"{"user":{"name":"Ada","color":"#e03131"}}"##.into() },
+        AwarenessUpdateEntry {
+            clock: 1,
+            json: r##"{"user":{"name":"Ada","color":"#e03131"}}"##.into(),
+        },
     );
     let frames: Vec<(&str, Vec<u8>)> = vec![
         ("step1-empty", protocol::sync_step1(&StateVector::default()).to_vec()),
@@ -54,9 +57,18 @@ fn write_fuzz_seeds() {
     let secret = "fuzz secret"; // the key the token target verifies with
     let now = common::now_secs();
     let tokens = [
-        ("valid", common::mint(secret, serde_json::json!({"sub": "a", "docs": [{"p": "team-42.*", "a": "rw"}, {"p": "a", "a": "r"}]}))),
+        (
+            "valid",
+            common::mint(
+                secret,
+                serde_json::json!({"sub": "a", "docs": [{"p": "team-42.*", "a": "rw"}, {"p": "a", "a": "r"}]}),
+            ),
+        ),
         ("admin", common::mint(secret, serde_json::json!({"sub": "a", "admin": true, "jti": "j"}))),
-        ("expired", common::mint(secret, serde_json::json!({"sub": "a", "exp": now - 100, "docs": []}))),
+        (
+            "expired",
+            common::mint(secret, serde_json::json!({"sub": "a", "exp": now - 100, "docs": []})),
+        ),
         ("other-key", common::mint("nope", serde_json::json!({"sub": "a", "docs": []}))),
         ("alg-none", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhIn0.".to_string()),
     ];

@@ -33,7 +33,8 @@ async fn hostile_connections_use_bounded_memory_and_give_it_back() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let tmp = tempfile::tempdir().expect("tmp");
     // A short grace so the rooms are gone when we measure after.
-    let (child, addr) = spawn_binary(tmp.path(), &["--room-grace-secs", "0.2"]).await.expect("starts");
+    let (child, addr) =
+        spawn_binary(tmp.path(), &["--room-grace-secs", "0.2"]).await.expect("starts");
     let pid = child.id().expect("pid");
     settle().await;
     let base = rss_kib(pid);
@@ -56,7 +57,8 @@ async fn hostile_connections_use_bounded_memory_and_give_it_back() {
     let state = format!("{{\"user\":\"{}\"}}", "x".repeat(65_536 - 12));
     let mut loud = Vec::with_capacity(200);
     for i in 0..200u64 {
-        let mut client = YClient::connect(&format!("ws://{addr}/ws/loud-{}", i % 20)).await.expect("connect");
+        let mut client =
+            YClient::connect(&format!("ws://{addr}/ws/loud-{}", i % 20)).await.expect("connect");
         for id in 0..8 {
             client.set_awareness(i * 100 + id + 1, 1, &state).await;
         }

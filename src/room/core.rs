@@ -558,7 +558,20 @@ impl RoomCore {
             self.full_state = Some(frame.clone());
             return frame;
         }
-        protocol::sync_step2(&self.doc.transact().encode_state_as_update_v1(sv))
+        // yrs panics (an unwrap in `write_blocks_from`) when a requested clock falls into a
+        // gap of a client's blocks, which a hostile update can leave (found by the apply
+        // fuzzer). The full state is a superset of any diff and always encodes: a client
+        // asking for an odd diff gets everything instead.
+        let txn = self.doc.transact();
+        match catch_unwind(AssertUnwindSafe(|| txn.encode_state_as_update_v1(sv))) {
+            Ok(diff) => protocol::sync_step2(&diff),
+            Err(_) => {
+                tracing::warn!(
+                    "could not encode a diff for a state vector; sending the full state"
+                );
+                protocol::sync_step2(&txn.encode_state_as_update_v1(&StateVector::default()))
+            }
+        }
     }
 
     fn remove_peer(&mut self, peer: PeerId) -> Option<Peer> {
