@@ -8,7 +8,6 @@ mod common;
 use std::time::Duration;
 
 use common::{YClient, http_get, spawn_binary};
-use futures_util::StreamExt;
 use tokio_tungstenite::connect_async;
 
 fn rss_kib(pid: u32) -> u64 {
