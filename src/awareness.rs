@@ -68,7 +68,12 @@ impl Presence {
         peer: PeerId,
         mut update: AwarenessUpdate,
     ) -> Result<bool, Error> {
-        update.clients.retain(|id, _| self.owner_of.get(id).is_none_or(|owner| *owner == peer));
+        // Only the connection that introduced an id may change it; removing ("null") an id
+        // nobody holds would only leave yrs a dead entry per id (found in review).
+        update.clients.retain(|id, entry| match self.owner_of.get(id) {
+            Some(owner) => *owner == peer,
+            None => &*entry.json != "null",
+        });
         if update.clients.is_empty() {
             return Ok(false);
         }

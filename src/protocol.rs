@@ -95,11 +95,19 @@ pub fn decode_frame(frame: &Bytes, limits: &FrameLimits) -> Result<Vec<Incoming>
     Ok(out)
 }
 
+/// Decodes a stored row (see `shape::check_stored`).
+pub(crate) fn decode_stored_update(raw: &[u8]) -> Result<Update, Error> {
+    shape::check_stored(raw).map_err(Error::InvalidUpdate)?;
+    guarded(|| Update::decode_v1(raw)).map_err(Error::InvalidUpdate)
+}
+
 /// Decodes a v1 update so that nothing malformed ever reaches a document.
 pub fn decode_update(raw: &[u8]) -> Result<Update, Error> {
     shape::check_update(raw).map_err(Error::InvalidUpdate)?;
     guarded(|| Update::decode_v1(raw)).map_err(Error::InvalidUpdate)
 }
+
+pub(crate) use shape::check_dependencies;
 
 /// A walk over the v1 encodings before yrs decodes them, for two things yrs's decoders do
 /// with hostile input (both found by the fuzzers):
@@ -130,6 +138,34 @@ mod shape {
     struct Walk<'a> {
         buf: &'a [u8],
         pos: usize,
+        /// What the update needs that it does not bring itself (see `check_dependencies`).
+        deps: Deps,
+        /// Stored rows written before the JSON-content refusal still load.
+        allow_json: bool,
+    }
+
+    #[derive(Default)]
+    struct Deps {
+        /// Per client: the first clock of its blocks here, and the clock after them.
+        ranges: Vec<(u64, u64, u64)>,
+        /// Ids the blocks refer to (origins, parents) and deleted ranges' ends.
+        refs: Vec<(u64, u64)>,
+        /// Skip blocks (gaps inside an update, from merged updates): client, start, end.
+        skips: Vec<(u64, u64, u64)>,
+    }
+
+    impl<'a> Walk<'a> {
+        fn new(buf: &'a [u8]) -> Walk<'a> {
+            Walk { buf, pos: 0, deps: Deps::default(), allow_json: false }
+        }
+
+        /// An id a block refers to: a client (u64) and a clock (u32, as yrs reads them).
+        fn id(&mut self) -> Step {
+            let client = self.var()?;
+            let clock = self.var_as(32)?;
+            self.deps.refs.push((client, clock + 1));
+            Ok(())
+        }
     }
 
     impl Walk<'_> {
@@ -187,7 +223,7 @@ mod shape {
         }
 
         fn slice(&mut self) -> Step<&[u8]> {
-            let n = self.var()?;
+            let n = self.var_as(32)?; // yrs reads string and buffer lengths as u32
             let start = self.pos;
             self.skip(n)?;
             Ok(&self.buf[start..self.pos])
@@ -238,6 +274,14 @@ mod shape {
                 // does not read back what it writes of it (its decoder takes one string
                 // more than the count), so a document holding it could not be reloaded
                 // after compaction. Found by the fuzzer's round-trip oracle.
+                2 if self.allow_json => {
+                    // yrs reads one more string than the count says.
+                    let n = self.count(32, 1, "JSON values")?;
+                    for _ in 0..=n {
+                        self.bytes()?;
+                    }
+                    Ok(n + 1)
+                }
                 2 => Err(Stop::Refuse("deprecated JSON content (use Any content)".into())),
                 4 => {
                     // A string is as long as its UTF-16 code units.
@@ -276,19 +320,16 @@ mod shape {
                 return self.var_as(32); // skip / GC: a length
             }
             if info & 0x80 != 0 {
-                self.var()?; // origin: client, clock
-                self.var()?;
+                self.id()?; // origin
             }
             if info & 0x40 != 0 {
-                self.var()?; // right origin
-                self.var()?;
+                self.id()?; // right origin
             }
             if info & 0xc0 == 0 {
-                if self.var()? == 1 {
+                if self.var_as(32)? == 1 {
                     self.bytes()?; // parent: a root type's name
                 } else {
-                    self.var()?; // parent: an item's id
-                    self.var()?;
+                    self.id()?; // parent: an item's id
                 }
                 if info & 0x20 != 0 {
                     self.bytes()?; // parent sub (map key)
@@ -300,45 +341,107 @@ mod shape {
         fn update(&mut self) -> Step {
             for _ in 0..self.count(32, 3, "clients")? {
                 let blocks = self.count(32, 1, "blocks")?;
-                self.var()?; // client
+                let client = self.var()?;
                 // Clocks are u32 in yrs: blocks that run past u32::MAX wrap around and
                 // leave a gap in the client's blocks, after which yrs panics on every
                 // encoding of the document (found by the apply fuzzer).
-                let mut clock = self.var_as(32)?;
+                let start = self.var_as(32)?;
+                let mut clock = start;
                 for _ in 0..blocks {
-                    clock += self.block()?;
+                    let skip = self.buf.get(self.pos) == Some(&10);
+                    let len = self.block()?;
+                    if skip {
+                        self.deps.skips.push((client, clock, clock + len));
+                    }
+                    clock += len;
                     if clock > u64::from(u32::MAX) {
                         return Err(Stop::Refuse("clocks past 2^32".into()));
                     }
                 }
+                self.deps.ranges.push((client, start, clock));
             }
             // The delete set.
             for _ in 0..self.count(32, 2, "deleting clients")? {
-                self.var()?;
+                let client = self.var()?;
                 for _ in 0..self.count(32, 2, "deleted ranges")? {
                     let (clock, len) = (self.var_as(32)?, self.var_as(32)?);
                     if clock + len > u64::from(u32::MAX) {
                         return Err(Stop::Refuse("deleted range past 2^32".into()));
                     }
+                    self.deps.refs.push((client, clock + len));
                 }
             }
             Ok(())
         }
     }
 
+    /// Fails closed: what the walk cannot follow (a truncated input, an unknown tag) yrs
+    /// refuses too, and refusing it here means no part of an input goes unchecked.
     fn verdict(step: Step) -> Result<(), String> {
         match step {
-            Ok(()) | Err(Stop::Unknown) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(Stop::Unknown) => Err("malformed update".into()),
             Err(Stop::Refuse(why)) => Err(why),
         }
     }
 
     pub(super) fn check_update(raw: &[u8]) -> Result<(), String> {
-        verdict(Walk { buf: raw, pos: 0 }.update())
+        verdict(Walk::new(raw).update())
+    }
+
+    /// For rows already stored: the same bounds on counts, depth and clocks (they protect
+    /// the process), but JSON content, refused on the way in only since issue #9, loads.
+    pub(super) fn check_stored(raw: &[u8]) -> Result<(), String> {
+        let mut walk = Walk::new(raw);
+        walk.allow_json = true;
+        verdict(walk.update())
+    }
+
+    /// Whether the update brings everything it builds on, given what the document has
+    /// seen (`known`: clock per client, its state vector). An update that does not would
+    /// leave yrs a "pending" part, and yrs's handling of those is where the fuzzer found a
+    /// use-after-free (a second update overlapping a pending one) and an unmergeable
+    /// state. A client of this server never sends one: everything it builds on came from
+    /// the server, and its resync is a diff against the server's own state vector.
+    pub(crate) fn check_dependencies(raw: &[u8], known: impl Fn(u64) -> u64) -> Result<(), String> {
+        let mut walk = Walk::new(raw);
+        if let Err(Stop::Refuse(why)) = walk.update() {
+            return Err(why);
+        }
+        let deps = walk.deps;
+        let has = |client: u64| {
+            let brought = deps.ranges.iter().filter(|r| r.0 == client).map(|r| r.2).max();
+            known(client).max(brought.unwrap_or(0))
+        };
+        for &(client, start, _) in &deps.ranges {
+            if start > known(client) {
+                return Err(format!(
+                    "update starts at clock {start} of client {client}, which this document has only up to {}",
+                    known(client)
+                ));
+            }
+        }
+        // Blocks after a gap the document has not filled would wait for it, too.
+        for &(client, _, gap_end) in &deps.skips {
+            let end = deps.ranges.iter().filter(|r| r.0 == client).map(|r| r.2).max();
+            if gap_end > known(client) && end.is_some_and(|end| end > gap_end) {
+                return Err(format!(
+                    "update skips changes of client {client} this document does not have"
+                ));
+            }
+        }
+        for &(client, needed) in &deps.refs {
+            if needed > has(client) {
+                return Err(format!(
+                    "update refers to changes of client {client} this document does not have"
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn check_state_vector(raw: &[u8]) -> Result<(), String> {
-        let mut walk = Walk { buf: raw, pos: 0 };
+        let mut walk = Walk::new(raw);
         verdict(walk.count(32, 2, "clients").map(drop))
     }
 }
@@ -599,6 +702,57 @@ mod tests {
         deep.extend_from_slice(&[126, 0]);
         let err = decode_update(&deep).unwrap_err();
         assert!(err.to_string().contains("nested"), "{err}");
+        // A string length that wraps as a u32 (3 to yrs) must not make the walk give up
+        // and wave the rest through (found in review).
+        let mut wrapped =
+            vec![1, 2, 5, 0, 4, 1, 1, b't', 0x83, 0x80, 0x80, 0x80, 0x10, b'a', b'b', b'c'];
+        wrapped.extend_from_slice(&[0x28, 1, 1, b'm', 1, b'k', 1]);
+        for _ in 0..100_000 {
+            wrapped.extend_from_slice(&[117, 1]);
+        }
+        wrapped.extend_from_slice(&[126, 0]);
+        let err = decode_update(&wrapped).unwrap_err();
+        assert!(err.to_string().contains("nested"), "{err}");
+        // Truncated input is refused by the walk itself.
+        assert!(shape::check_update(&[1, 1, 5, 0, 0x28, 1, 1]).is_err());
+    }
+
+    #[test]
+    fn updates_that_build_on_unseen_changes_are_refused() {
+        let a = Doc::with_client_id(1);
+        let text = a.get_or_insert_text("t");
+        let first = {
+            let mut txn = a.transact_mut();
+            text.insert(&mut txn, 0, "hello");
+            txn.encode_update_v1()
+        };
+        let second = {
+            let mut txn = a.transact_mut();
+            text.insert(&mut txn, 5, " world");
+            txn.encode_update_v1()
+        };
+        let nothing = |_| 0;
+        let has_first = |client| if client == 1 { 5 } else { 0 };
+        assert_eq!(check_dependencies(&first, nothing), Ok(()));
+        assert!(check_dependencies(&second, nothing).is_err(), "starts past what is known");
+        assert_eq!(check_dependencies(&second, has_first), Ok(()));
+        // Another client's edit that builds on `first` (its origin is client 1's text).
+        let b = Doc::with_client_id(2);
+        b.transact_mut().apply_update(decode_update(&first).expect("decodes")).expect("applies");
+        let reply = {
+            let t = b.get_or_insert_text("t");
+            let mut txn = b.transact_mut();
+            t.insert(&mut txn, 2, "-");
+            txn.encode_update_v1()
+        };
+        assert!(check_dependencies(&reply, nothing).is_err(), "refers to unseen changes");
+        assert_eq!(check_dependencies(&reply, has_first), Ok(()));
+        // A full state always brings everything it needs.
+        let full = b.transact().encode_state_as_update_v1(&StateVector::default());
+        assert_eq!(check_dependencies(&full, nothing), Ok(()));
+        // A resync diff against what the server has is complete too.
+        let diff = b.transact().encode_state_as_update_v1(&a.transact().state_vector());
+        assert_eq!(check_dependencies(&diff, has_first), Ok(()));
     }
 
     #[test]

@@ -109,7 +109,8 @@ async fn browser_upgrades_from_other_origins_get_403() {
     for (origin, status) in [
         (Some("https://evil.example"), 403),
         (Some("https://good.example"), 101),
-        (Some(same.as_str()), 101),
+        // Not even the server's own host unless listed: Host can be anything (DNS rebinding).
+        (Some(same.as_str()), 403),
         (None, 101),
     ] {
         let extra: Vec<(&str, &str)> = origin.map(|o| ("Origin", o)).into_iter().collect();

@@ -87,10 +87,10 @@ impl Keys {
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(describe)?;
         let claims = data.claims;
         // The library checks against its own clock; `now` is ours (tests move it).
-        if claims.exp + LEEWAY_SECS <= now {
+        if claims.exp.saturating_add(LEEWAY_SECS) <= now {
             return Err("token expired".into());
         }
-        if claims.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
+        if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECS)) {
             return Err("token not yet valid".into());
         }
         Identity::from_claims(claims).map_err(|e| format!("malformed token: {e}"))

@@ -153,7 +153,8 @@ pub(crate) fn build_doc(doc_id: &str, loaded: &Loaded) -> Result<Doc, StoreError
         detail: format!("stored update {i} does not decode: {e}"),
     };
     for (i, bytes) in loaded.snapshot.iter().chain(&loaded.tail).enumerate() {
-        let update = protocol::decode_update(bytes).map_err(|e| corrupt(i, e.to_string()))?;
+        let update =
+            protocol::decode_stored_update(bytes).map_err(|e| corrupt(i, e.to_string()))?;
         let applied = catch_unwind(AssertUnwindSafe(|| doc.transact_mut().apply_update(update)));
         match applied {
             Ok(Ok(())) => {}
@@ -462,6 +463,9 @@ impl RoomCore {
         if update.is_empty() {
             return Ok(false);
         }
+        let sv = self.doc.transact().state_vector();
+        protocol::check_dependencies(raw, |client| u64::from(sv.get(&yrs::ClientID::new(client))))
+            .map_err(Error::InvalidUpdate)?;
         let result =
             catch_unwind(AssertUnwindSafe(|| self.doc.transact_mut().apply_update(update)));
         match result {

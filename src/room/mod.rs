@@ -86,6 +86,11 @@ impl RoomHandle {
         self.tx.send(msg).await.map_err(|_| Error::RoomGone)
     }
 
+    /// Forwards a message without waiting; dropped if the inbox is full or closed.
+    pub(crate) fn try_send(&self, msg: RoomMsg) {
+        let _ = self.tx.try_send(msg);
+    }
+
     pub(crate) fn generation(&self) -> u64 {
         self.generation
     }

@@ -54,6 +54,8 @@ use crate::rooms::Rooms;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long we then wait for the peer's Close (a live client answers at once).
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Each of sending the close frame and waiting for the answer, for a refused connection.
+const REFUSAL_TIMEOUT: Duration = Duration::from_millis(1000);
 /// tungstenite allocates the whole read buffer up front (128 KiB by default), most of an
 /// idle connection's memory; 8 KiB covers typical frames, and bigger ones grow it.
 const READ_BUFFER: usize = 8 * 1024;
@@ -263,8 +265,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         Admission::Refused(e) => {
             // Tokens never reach a log; the reason says which check failed.
             tracing::info!(doc = %doc_id, code = e.close_code(), reason = %e, "connection refused");
-            if let Ok(Ok(())) = timeout(CLOSE_TIMEOUT, socket.send(close(&e))).await {
-                let _ = timeout(CLOSE_LINGER, async {
+            // Briefly: a refused client must not hold a connection slot for long.
+            if let Ok(Ok(())) = timeout(REFUSAL_TIMEOUT, socket.send(close(&e))).await {
+                let _ = timeout(REFUSAL_TIMEOUT, async {
                     while let Some(Ok(msg)) = socket.next().await {
                         if matches!(msg, Message::Close(_)) {
                             break;
@@ -300,7 +303,9 @@ fn expiry_instant(exp: u64) -> Instant {
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let left = Duration::from_secs(exp).saturating_sub(now);
-    Instant::now() + left
+    // A token may claim an expiry centuries away: cap it rather than overflow.
+    let far = Duration::from_secs(100 * 365 * 86_400);
+    Instant::now() + left.min(far)
 }
 
 async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
@@ -323,6 +328,8 @@ async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
     tracing::info!("connection opened");
     let room = joined.room;
     let mut kick = joined.kick;
+    // Should this task unwind (a bug), the room still hears that the peer is gone.
+    let mut leave_on_unwind = LeaveOnUnwind { room: room.clone(), peer, armed: true };
 
     let ping_interval = config.ping_interval();
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
@@ -335,6 +342,16 @@ async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
     let expiry = sleep_until_or_never(identity.as_ref().map(|id| expiry_instant(id.exp)));
     tokio::pin!(expiry);
     let mut revocations = identity.as_ref().map(|_| auth.revocations().subscribe());
+    // A revocation between the token check (before the upgrade) and this subscription would
+    // not wake the loop below: check once now that we are listening.
+    if identity.as_ref().is_some_and(|id| auth.revocations().is_revoked(id)) {
+        leave_on_unwind.armed = false;
+        let _ = room.send(RoomMsg::Leave { peer }).await;
+        let e = Error::Unauthorized("token revoked".into());
+        tracing::info!(code = e.close_code(), reason = %e, "connection closed");
+        let _ = timeout(CLOSE_TIMEOUT, sink.send(close(&e))).await;
+        return;
+    }
 
     let end: End = loop {
         tokio::select! {
@@ -396,6 +413,7 @@ async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
 
     // Tell the room first so the others see this peer's cursor go at once; `send` only waits
     // if the room's inbox is full, and fails harmlessly if the room is gone.
+    leave_on_unwind.armed = false;
     let _ = room.send(RoomMsg::Leave { peer }).await;
     match end {
         Ok(reason) => tracing::info!(%reason, "connection closed"),
@@ -427,6 +445,22 @@ async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
                 .await;
                 let _ = sink.close().await;
             }
+        }
+    }
+}
+
+/// Sends `Leave` when dropped while armed: only if the connection task unwinds, since the
+/// normal paths disarm it and send `Leave` themselves.
+struct LeaveOnUnwind {
+    room: crate::room::RoomHandle,
+    peer: PeerId,
+    armed: bool,
+}
+
+impl Drop for LeaveOnUnwind {
+    fn drop(&mut self) {
+        if self.armed {
+            self.room.try_send(RoomMsg::Leave { peer: self.peer });
         }
     }
 }
