@@ -14,6 +14,9 @@
 # Needs: Rust, Node 18+/npm; y-sweet is installed from crates.io on first use
 # (cargo install y-sweet --root bench/.tools, several minutes; SERVERS without ysweet skips it).
 set -euo pipefail
+# Load generators send far faster than people type: lift the per-connection update and
+# state-request limits (README: Limits) so that every server is measured on the same load.
+export TANDEM_MAX_UPDATES_PER_SEC=0 TANDEM_MAX_STATE_REQUESTS_PER_MIN=0 TANDEM_MAX_STATE_BYTES_PER_MIN=0
 cd "$(dirname "$0")/.."
 
 SCALE=${SCALE:-1}
