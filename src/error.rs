@@ -73,7 +73,9 @@ pub enum Error {
     Forbidden(String),
     #[error("origin not allowed")]
     OriginRefused,
-    #[error("document too large (limit {limit} bytes)")]
+    /// The reason is exactly `document too large` (the interface); the limit is
+    /// in the server's log.
+    #[error("document too large")]
     DocTooLarge { limit: u64 },
     /// A per-connection rate limit (updates, awareness bytes, state requests).
     #[error("rate limit: {0}")]

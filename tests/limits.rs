@@ -31,7 +31,7 @@ async fn a_document_past_max_doc_bytes_refuses_the_update_and_stores_nothing() {
     b.wait_text(&"x".repeat(2000)).await;
     let rows = count_log_rows(&server.data_dir).await;
     a.insert(0, &"y".repeat(3000)).await;
-    assert_eq!(a.expect_close().await.0, 4413);
+    assert_eq!(a.expect_close().await, (4413, "document too large".into()));
     // Over HTTP: 413, and nothing stored either.
     let update = b.update_on_copy(&"z".repeat(3000));
     let response = http_bytes(
@@ -247,5 +247,21 @@ async fn silent_and_idle_http_connections_are_closed() {
         assert!(closed.is_ok(), "{name} connection still open after 5 s");
         assert!(started.elapsed() < Duration::from_secs(3), "{name}: {:?}", started.elapsed());
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_gets_408() {
+    let server = TestServer::start_with(|c| c.request_timeout_secs = 0.5).await;
+    let mut socket = TcpStream::connect(server.addr).await.expect("connect");
+    let head = "POST /api/docs/slow/update HTTP/1.1\r\nHost: x\r\n\
+                Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\nabc";
+    socket.write_all(head.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    let started = Instant::now();
+    let _ = timeout(Duration::from_secs(5), socket.read_to_end(&mut response)).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     server.stop().await;
 }

@@ -455,6 +455,12 @@ impl RoomCore {
     /// in integration is caught too and poisons the document.
     fn apply_update(&mut self, raw: &[u8]) -> Result<bool, Error> {
         if self.stored_bytes() + raw.len() as u64 > self.limits.max_doc_bytes {
+            tracing::info!(
+                stored = self.stored_bytes(),
+                update = raw.len(),
+                limit = self.limits.max_doc_bytes,
+                "update refused: document too large"
+            );
             return Err(Error::DocTooLarge { limit: self.limits.max_doc_bytes });
         }
         let update = protocol::decode_update(raw)?;
