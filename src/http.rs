@@ -328,7 +328,7 @@ async fn revoke(
         (None, Some(sub)) => (RevocationKind::Sub, sub),
         _ => return Err(Error::BadRequest("give exactly one of \"jti\" and \"sub\"".into())),
     };
-    let revoked = state.auth.revoke(&state.store, kind, value).await?;
+    let revoked = state.auth.revocations().revoke(&state.store, kind, value).await?;
     let by = caller.identity().map(|id| id.sub.clone()).unwrap_or_default();
     tracing::info!(kind = kind.as_str(), value = %revoked.value, by, "revoked");
     Ok(Json(Revoked { revoked }))

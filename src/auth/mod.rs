@@ -18,7 +18,6 @@ use serde::Deserialize;
 
 use crate::error::Error;
 use crate::id::{BrowserId, DocId};
-use crate::store::Store;
 
 pub(crate) use self::keys::Keys;
 pub(crate) use self::revoke::Revocations;
@@ -249,16 +248,6 @@ impl Auth {
 
     pub(crate) fn revocations(&self) -> &Revocations {
         &self.revocations
-    }
-
-    /// Adds to the deny list (stored first, then applied), and returns what was stored.
-    pub(crate) async fn revoke(
-        &self,
-        store: &Store,
-        kind: RevocationKind,
-        value: String,
-    ) -> Result<Revocation, Error> {
-        self.revocations.revoke(store, kind, value).await
     }
 }
 

@@ -134,7 +134,11 @@ impl YClient {
 
     pub async fn connect(url: &str) -> Result<YClient, tokio_tungstenite::tungstenite::Error> {
         let (socket, _) = connect_async(url).await?;
-        Ok(YClient {
+        Ok(YClient::over(socket))
+    }
+
+    fn over(socket: Socket) -> YClient {
+        YClient {
             doc: Doc::new(),
             socket,
             awareness: Default::default(),
@@ -143,7 +147,7 @@ impl YClient {
             received: Vec::new(),
             closed: None,
             denied: Vec::new(),
-        })
+        }
     }
 
     /// Connects offering these `Sec-WebSocket-Protocol` entries; returns the client and
@@ -163,17 +167,7 @@ impl YClient {
             .get("Sec-WebSocket-Protocol")
             .and_then(|v| v.to_str().ok())
             .map(String::from);
-        let client = YClient {
-            doc: Doc::new(),
-            socket,
-            awareness: Default::default(),
-            step2_sizes: Vec::new(),
-            updates_received: 0,
-            received: Vec::new(),
-            closed: None,
-            denied: Vec::new(),
-        };
-        Ok((client, selected))
+        Ok((YClient::over(socket), selected))
     }
 
     /// Sends our state vector and waits for the SyncStep2 that answers it.
