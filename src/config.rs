@@ -152,6 +152,39 @@ pub struct Config {
     /// Seconds an HTTP request (its body included) may take before it is answered 408.
     #[arg(long, env = "TANDEM_REQUEST_TIMEOUT_SECS", default_value_t = 30.0)]
     pub request_timeout_secs: f64,
+
+    // ---- documents API and webhooks (README: Documents API, Webhooks) --------------------
+    /// This node's name, in logs and in webhook events. Default: the hostname and a random
+    /// suffix.
+    #[arg(long, env = "TANDEM_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// A receiver of document events (repeatable; the environment variable takes a
+    /// comma-separated list). Plain `http://` URLs.
+    #[arg(long, env = "TANDEM_WEBHOOK_URL", value_delimiter = ',')]
+    pub webhook_url: Vec<String>,
+
+    /// Key of the HMAC-SHA256 signature sent with every webhook
+    /// (`X-Tandem-Signature-256`).
+    #[arg(long, env = "TANDEM_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// `document.updated` goes out this many milliseconds after a document's last change...
+    #[arg(long, env = "TANDEM_WEBHOOK_DEBOUNCE_MS", default_value_t = 2000)]
+    pub webhook_debounce_ms: u64,
+
+    /// ...and at most this long after the first change it reports, while changes continue.
+    #[arg(long, env = "TANDEM_WEBHOOK_MAX_WAIT_MS", default_value_t = 10_000)]
+    pub webhook_max_wait_ms: u64,
+
+    /// Seconds a receiver has to answer one delivery.
+    #[arg(long, env = "TANDEM_WEBHOOK_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub webhook_timeout_secs: f64,
+
+    /// Longest wait between two attempts at a failing delivery (the backoff doubles from
+    /// one second up to this). Deliveries are retried until they succeed.
+    #[arg(long, env = "TANDEM_WEBHOOK_RETRY_MAX_SECS", default_value_t = 600.0)]
+    pub webhook_retry_max_secs: f64,
 }
 
 /// The command line: `tandem [FLAGS]` serves; `tandem token …` and `tandem share …` mint.
@@ -220,6 +253,21 @@ impl Config {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.request_timeout_secs.max(0.1))
+    }
+
+    /// `--node-id`, or the hostname with a random suffix.
+    pub fn node_name(&self) -> String {
+        if let Some(id) = self.node_id.as_deref().filter(|id| !id.trim().is_empty()) {
+            return id.trim().to_string();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "tandem".into());
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        format!("{host}-{}", &suffix[..6])
     }
 
     pub fn awareness_timeout(&self) -> Duration {

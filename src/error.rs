@@ -26,6 +26,8 @@ pub(crate) mod close_code {
     pub(crate) const UNAUTHORIZED: u16 = 4401;
     /// A valid token without a grant for this document.
     pub(crate) const FORBIDDEN: u16 = 4403;
+    /// The document was deleted (`DELETE /api/docs/{doc}`) while the peer was in it.
+    pub(crate) const DOC_DELETED: u16 = 4404;
     /// The update would take the document past `--max-doc-bytes`.
     pub(crate) const DOC_TOO_LARGE: u16 = 4413;
 }
@@ -92,6 +94,14 @@ pub enum Error {
     /// A bug (a caught panic); the cause is logged where it happened.
     #[error("internal error")]
     Internal,
+    /// Nothing stored under this name (or no such field in it).
+    #[error("{0}")]
+    NotFound(String),
+    /// The reason is exactly `document deleted` (the interface, close code 4404).
+    #[error("document deleted")]
+    DocDeleted,
+    #[error("request body too large")]
+    BodyTooLarge,
 }
 
 fn store_reason(e: &StoreError) -> &'static str {
@@ -114,6 +124,7 @@ impl Error {
             | Error::InvalidUpdate(_)
             | Error::InvalidAwareness(_) => StatusCode::BAD_REQUEST,
             Error::TooLarge { .. }
+            | Error::BodyTooLarge
             | Error::DocTooLarge { .. }
             | Error::AwarenessTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -123,6 +134,7 @@ impl Error {
             | Error::PresenceFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::NotFound(_) | Error::DocDeleted => StatusCode::NOT_FOUND,
             Error::SlowConsumer | Error::PingTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::ShuttingDown | Error::RoomGone => StatusCode::SERVICE_UNAVAILABLE,
             Error::Store(StoreError::Corrupt { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -144,12 +156,16 @@ impl Error {
             Error::BadFrame(_) | Error::UnknownMessage(_) => PROTOCOL_ERROR,
             Error::TextFrame => UNSUPPORTED_DATA,
             Error::InvalidUpdate(_) | Error::InvalidAwareness(_) => INVALID_PAYLOAD,
-            Error::TooLarge { .. } | Error::AwarenessTooLarge { .. } => TOO_BIG,
+            Error::TooLarge { .. } | Error::BodyTooLarge | Error::AwarenessTooLarge { .. } => {
+                TOO_BIG
+            }
             Error::SlowConsumer | Error::Overloaded(_) => TRY_AGAIN_LATER,
             Error::Unauthorized(_) => UNAUTHORIZED,
             Error::Forbidden(_) => FORBIDDEN,
             Error::DocTooLarge { .. } => DOC_TOO_LARGE,
             Error::Internal => INTERNAL_ERROR,
+            Error::NotFound(_) => POLICY_VIOLATION,
+            Error::DocDeleted => DOC_DELETED,
             Error::PingTimeout => PING_TIMEOUT,
             Error::ShuttingDown => GOING_AWAY,
             Error::Store(_) | Error::RoomGone => INTERNAL_ERROR,
@@ -222,6 +238,7 @@ mod tests {
             Error::AwarenessTooLarge { limit: 1 },
             Error::Overloaded("rooms".into()),
             Error::Internal,
+            Error::DocDeleted,
         ];
         for e in errors {
             let row = format!("| {} |", e.close_code());

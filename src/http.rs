@@ -1,4 +1,5 @@
-//! HTTP surface: routes, health, a small JSON API and the browser editor's files.
+//! HTTP surface: routes, health, the WebSocket upgrade and the browser editor's files; the
+//! JSON API under `/api` is `api`.
 //! Handlers validate inputs (`DocId`, `BrowserId`) before anything else runs, so a bad name
 //! is an HTTP 400 with a reason, never a WebSocket that opens and then fails. Errors are
 //! `{"error": "..."}` with a fitting status, mapped once in `error.rs`.
@@ -10,26 +11,20 @@
 //! for the access it needs before anything else happens; with no auth key configured the
 //! caller is `Open` and may do everything, as before access control.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
-use axum::http::request::Parts;
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use base64::Engine as _;
-use serde::{Deserialize, Serialize};
+use axum::routing::get;
+use serde::Deserialize;
 
-use crate::auth::{Access, Auth, Caller, RevocationKind};
-use crate::colour::PALETTE;
+use crate::auth::{Access, Auth};
 use crate::config::Config;
 use crate::error::Error;
 use crate::id::{BrowserId, DocId};
-use crate::room::Origin;
 use crate::rooms::Rooms;
 use crate::store::Store;
 use crate::web::Web;
@@ -42,6 +37,9 @@ pub(crate) struct AppState {
     pub(crate) rooms: Rooms,
     pub(crate) auth: Auth,
     pub(crate) web: Arc<Web>,
+    /// This node's name (`--node-id`).
+    pub(crate) node: String,
+    pub(crate) webhooks: Arc<crate::webhook::Counters>,
     /// What an upgraded connection needs (it runs outside hyper, tracked for shutdown).
     pub(crate) conn: ConnDeps,
 }
@@ -51,13 +49,7 @@ pub(crate) fn router(state: AppState) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/ws/{doc}", get(websocket))
-        .route("/api/docs", get(list_docs))
-        .route("/api/docs/{doc}/identity", post(identity))
-        .route("/api/admin/revoke", post(revoke))
-        .route(
-            "/api/docs/{doc}/update",
-            post(post_update).layer(DefaultBodyLimit::max(body_limit)),
-        );
+        .merge(crate::api::router(body_limit));
     if state.web.enabled() {
         app = app
             .route("/", get(index_page))
@@ -82,36 +74,6 @@ async fn healthz(State(state): State<AppState>) -> Response {
             tracing::error!(%reason, "health check failed");
             (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {reason}")).into_response()
         }
-    }
-}
-
-/// The caller of an HTTP request, from `Authorization: Bearer TOKEN`: 401 for a missing or
-/// bad token when access control is on.
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, Error> {
-        let token = match parts.headers.get(header::AUTHORIZATION) {
-            None => None,
-            Some(value) => {
-                let value = value.to_str().unwrap_or_default();
-                match value.split_once(' ') {
-                    Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
-                        Some(token.trim())
-                    }
-                    _ => {
-                        return Err(Error::Unauthorized(
-                            "expected Authorization: Bearer TOKEN".into(),
-                        ));
-                    }
-                }
-            }
-        };
-        let caller = state.auth.caller(token)?;
-        if let Some(id) = caller.identity() {
-            tracing::debug!(sub = %id.sub, jti = ?id.jti, path = %parts.uri.path(), "request");
-        }
-        Ok(caller)
     }
 }
 
@@ -189,149 +151,6 @@ async fn websocket(
         },
     };
     Ok(ws::upgrade(request, accept, subprotocol, doc_id, admission, slot, state.conn))
-}
-
-#[derive(Serialize)]
-struct StateVectorReply {
-    /// The document's state vector after the write (v1 encoding, standard base64).
-    state_vector: String,
-}
-
-/// `POST /api/docs/{doc}/update`: a Yjs v1 update applied through the room, on the peers'
-/// write path; answered once committed, and relayed to connected peers like any update.
-async fn post_update(
-    Path(doc): Path<String>,
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<StateVectorReply>, Error> {
-    let doc_id = DocId::parse(&doc)?;
-    caller.require(&doc_id, Access::Write)?;
-    // Required, not just checked when present: a cross-site `fetch` with a binary body and
-    // no content type needs no CORS preflight; with this one it does.
-    let octets = headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|kind| kind.as_bytes().starts_with(b"application/octet-stream"));
-    if !octets {
-        return Err(Error::BadRequest("expected Content-Type: application/octet-stream".into()));
-    }
-    if body.is_empty() {
-        return Err(Error::BadRequest("empty body: expected a Yjs v1 update".into()));
-    }
-    let applied = state.rooms.apply(&doc_id, body, Origin::Api).await?;
-    let state_vector = base64::engine::general_purpose::STANDARD.encode(&applied.state_vector);
-    Ok(Json(StateVectorReply { state_vector }))
-}
-
-#[derive(Serialize)]
-struct DocEntry {
-    name: String,
-    /// Milliseconds since the Unix epoch; absent for a document open but never edited.
-    updated_at: Option<i64>,
-    /// People connected right now.
-    peers: usize,
-}
-
-#[derive(Serialize)]
-struct DocList {
-    docs: Vec<DocEntry>,
-    rooms_loaded: usize,
-}
-
-async fn list_docs(State(state): State<AppState>, caller: Caller) -> Result<Json<DocList>, Error> {
-    let stored = state.store.list(500).await?;
-    let mut live: HashMap<String, usize> = state
-        .rooms
-        .peer_counts()
-        .into_iter()
-        .filter(|(doc, _)| caller.can_read(doc))
-        .map(|(doc, n)| (doc.as_str().to_string(), n))
-        .collect();
-    let rooms_loaded = live.len();
-    let mut docs: Vec<DocEntry> = stored
-        .into_iter()
-        .filter(|d| DocId::parse(&d.name).is_ok_and(|doc| caller.can_read(&doc)))
-        .map(|d| DocEntry {
-            peers: live.remove(&d.name).unwrap_or(0),
-            updated_at: Some(d.updated_at),
-            name: d.name,
-        })
-        .collect();
-    // Open right now but not written yet: still worth listing, people are in it.
-    docs.extend(live.into_iter().filter(|(_, peers)| *peers > 0).map(|(name, peers)| DocEntry {
-        name,
-        updated_at: None,
-        peers,
-    }));
-    Ok(Json(DocList { docs, rooms_loaded }))
-}
-
-#[derive(Deserialize)]
-struct IdentityRequest {
-    browser: String,
-}
-
-#[derive(Serialize)]
-struct Identity {
-    /// Caret and label colour.
-    color: &'static str,
-    /// Selection highlight: the same colour at 20% opacity.
-    color_light: String,
-    index: usize,
-    /// With a token: the `name` it carries (the editor shows it instead of asking).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<String>,
-}
-
-/// The cursor colour the server assigns this browser in this document: unique among the
-/// people present while the palette lasts, and stable when the same browser returns.
-async fn identity(
-    Path(doc): Path<String>,
-    State(state): State<AppState>,
-    caller: Caller,
-    Json(request): Json<IdentityRequest>,
-) -> Result<Json<Identity>, Error> {
-    let doc_id = DocId::parse(&doc)?;
-    caller.require(&doc_id, Access::Read)?;
-    let browser = match caller.identity().and_then(|id| id.colour_key()) {
-        Some(key) => key,
-        None => BrowserId::parse(&request.browser)?,
-    };
-    let index = state.rooms.colour(&doc_id, &browser).await?;
-    let color = PALETTE[index % PALETTE.len()];
-    let name = caller.identity().and_then(|id| id.name.clone());
-    Ok(Json(Identity { color, color_light: format!("{color}33"), index, name }))
-}
-
-#[derive(Deserialize)]
-struct RevokeRequest {
-    jti: Option<String>,
-    sub: Option<String>,
-}
-
-#[derive(Serialize)]
-struct Revoked {
-    revoked: crate::auth::Revocation,
-}
-
-/// `POST /api/admin/revoke` (admin): `{"jti": ...}` or `{"sub": ...}`. Stored before the
-/// answer; live connections holding a matching token are closed with 4401 at once.
-async fn revoke(
-    State(state): State<AppState>,
-    caller: Caller,
-    Json(request): Json<RevokeRequest>,
-) -> Result<Json<Revoked>, Error> {
-    caller.require_admin()?;
-    let (kind, value) = match (request.jti, request.sub) {
-        (Some(jti), None) => (RevocationKind::Jti, jti),
-        (None, Some(sub)) => (RevocationKind::Sub, sub),
-        _ => return Err(Error::BadRequest("give exactly one of \"jti\" and \"sub\"".into())),
-    };
-    let revoked = state.auth.revocations().revoke(&state.store, kind, value).await?;
-    let by = caller.identity().map(|id| id.sub.clone()).unwrap_or_default();
-    tracing::info!(kind = kind.as_str(), value = %revoked.value, by, "revoked");
-    Ok(Json(Revoked { revoked }))
 }
 
 async fn index_page(State(state): State<AppState>) -> Response {

@@ -18,10 +18,12 @@
 //! The public API is what the binaries and the tests need: `serve`, `Config`, `protocol`
 //! (to speak to a server), `colour::PALETTE`, and the error types `protocol` returns.
 
+mod api;
 pub mod auth;
 mod awareness;
 pub mod colour;
 pub mod config;
+mod content;
 mod error;
 #[cfg(fuzzing)]
 pub mod fuzzing;
@@ -34,6 +36,7 @@ mod rooms;
 mod store;
 pub mod telemetry;
 mod web;
+mod webhook;
 mod ws;
 
 use std::sync::Arc;
@@ -62,9 +65,11 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     let config = Arc::new(config);
-    let (store, writer) = store::open_sqlite(&config.data_dir, config.sync)
-        .await
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let outbox = webhook::outbox(&config)?;
+    let (store, writer) =
+        store::open_sqlite(&config.data_dir, config.sync, outbox.clone())
+            .await
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let writer = tokio::spawn(writer);
     let keys = auth::Keys::from_config(config.auth_secret.as_deref(), &config.auth_public_key)
         .context("loading the auth keys")?;
@@ -91,9 +96,18 @@ pub async fn serve(
             "the browser editor is not built into this binary; / explains how to build it"
         );
     }
+    let node = config.node_name();
+    let webhooks = Arc::new(webhook::Counters::default());
+    if let Some(outbox) = &outbox {
+        tracing::info!(receivers = outbox.urls.len(), node, "webhooks on");
+        let worker = webhook::Worker::new(store.clone(), &config, node.clone(), webhooks.clone());
+        tracker.spawn(worker.run(token.clone()));
+    }
     let state = http::AppState {
         config: config.clone(),
         store,
+        node,
+        webhooks,
         web: Arc::new(web),
         conn: ws::ConnDeps {
             rooms: rooms.clone(),

@@ -16,7 +16,15 @@ use tokio::sync::{mpsc, oneshot};
 use crate::colour::ColourBook;
 use crate::error::Error;
 use crate::id::{BrowserId, DocId, PeerId};
-use crate::room::{self, Applied, Lease, NewPeer, Origin, Registry, RoomDeps, RoomHandle, RoomMsg};
+use crate::room::{
+    self, Applied, Lease, NewPeer, Origin, Registry, RoomDeps, RoomHandle, RoomMsg, Stats,
+};
+
+/// A read the registry may hand to a room more than once (if the room unloads meanwhile).
+pub(crate) type SharedRead<T> = Arc<dyn Fn(&yrs::Doc, &Stats) -> T + Send + Sync>;
+/// An edit likewise; a room that got it either applied it and answered, or never ran it.
+pub(crate) type SharedEdit =
+    Arc<dyn Fn(&mut yrs::TransactionMut) -> Result<(), Error> + Send + Sync>;
 
 #[derive(Clone)]
 pub(crate) struct Rooms {
@@ -122,6 +130,50 @@ impl Rooms {
         origin: Origin,
     ) -> Result<Applied, Error> {
         self.ask(doc_id, |reply| RoomMsg::Apply { update: update.clone(), origin, reply }).await?.1
+    }
+
+    /// Runs `read` on `doc_id`'s document (loading it if needed) in its room; the answer
+    /// comes once everything queued before it is committed.
+    pub(crate) async fn read<T: Send + 'static>(
+        &self,
+        doc_id: &DocId,
+        read: SharedRead<T>,
+    ) -> Result<T, Error> {
+        let (_, answer) = self
+            .ask(doc_id, |reply| {
+                let read = read.clone();
+                RoomMsg::Read {
+                    read: Box::new(move |doc, stats| {
+                        let answer = read(doc, stats);
+                        Box::new(move || {
+                            let _ = reply.send(answer);
+                        })
+                    }),
+                }
+            })
+            .await?;
+        Ok(answer)
+    }
+
+    /// Changes `doc_id`'s document in its room (one transaction, stored and relayed like a
+    /// peer's update); returns after the commit.
+    pub(crate) async fn edit(
+        &self,
+        doc_id: &DocId,
+        edit: SharedEdit,
+        estimate: u64,
+    ) -> Result<Applied, Error> {
+        self.ask(doc_id, |reply| {
+            let edit = edit.clone();
+            RoomMsg::Edit { edit: Box::new(move |txn| edit(txn)), estimate, reply }
+        })
+        .await?
+        .1
+    }
+
+    /// Deletes `doc_id` (see `RoomMsg::Delete`).
+    pub(crate) async fn delete(&self, doc_id: &DocId) -> Result<bool, Error> {
+        self.ask(doc_id, |reply| RoomMsg::Delete { reply }).await?.1
     }
 
     /// Sends `request` to `doc_id`'s room (spawning it if needed) and waits for its reply.

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Duration, Instant};
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, ReadTxn, StateVector, Transact};
+use yrs::{Doc, ReadTxn, StateVector, Transact, TransactionMut};
 
 use crate::awareness::Presence;
 use crate::colour::ColourBook;
@@ -45,6 +45,27 @@ pub(crate) struct Applied {
 }
 
 pub(crate) type ApplyReply = oneshot::Sender<Result<Applied, Error>>;
+
+/// What a read from outside (the documents API) learns besides the document itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stats {
+    /// Snapshot + log bytes.
+    pub(crate) stored_bytes: u64,
+    /// Log rows since the snapshot.
+    pub(crate) log_rows: u64,
+    pub(crate) peers: usize,
+    /// Nothing was ever stored (and nothing is queued).
+    pub(crate) blank: bool,
+}
+
+/// A read of the document, run in the room's task; what it returns is run once everything
+/// before it is committed (it sends the answer), so a reader never sees uncommitted state.
+pub(crate) type ReadFn = Box<dyn FnOnce(&Doc, &Stats) -> Deferred + Send>;
+pub(crate) type Deferred = Box<dyn FnOnce() + Send>;
+/// A change made by the server itself (content written over HTTP), in one transaction.
+/// It must refuse before changing anything; what it changed is stored and relayed as one
+/// update, like a peer's.
+pub(crate) type EditFn = Box<dyn FnOnce(&mut TransactionMut) -> Result<(), Error> + Send>;
 
 /// A connection joining the room, as the connection task describes it.
 pub(crate) struct NewPeer {
@@ -77,6 +98,7 @@ enum Out {
     All(Bytes),
     To(PeerId, Bytes),
     Reply(ApplyReply, Applied),
+    Call(Deferred),
 }
 
 /// Thresholds that make the task compact.
@@ -287,6 +309,60 @@ impl RoomCore {
         }
     }
 
+    /// A read from outside: computed now, answered after the commit of what came before.
+    /// A read that panics (a bug) answers nothing; the caller sees the room as unavailable.
+    pub(crate) fn read(&mut self, read: ReadFn) {
+        let stats = Stats {
+            stored_bytes: self.stored_bytes(),
+            log_rows: self.log_updates + self.in_flight as u64 + self.rows.len() as u64,
+            peers: self.peers.len(),
+            blank: self.is_blank(),
+        };
+        let doc = &self.doc;
+        match catch_unwind(AssertUnwindSafe(|| read(doc, &stats))) {
+            Ok(answer) => self.out.push(Out::Call(answer)),
+            Err(_) => tracing::error!("reading the document panicked"),
+        }
+    }
+
+    /// A change made by the server (content written over HTTP). `estimate` bounds the bytes
+    /// it can add, checked against `--max-doc-bytes` before anything changes. The reply
+    /// waits for the commit, like an echo.
+    pub(crate) fn edit(&mut self, edit: EditFn, estimate: u64, reply: ApplyReply) {
+        if self.stored_bytes() + estimate > self.limits.max_doc_bytes {
+            let _ = reply.send(Err(Error::DocTooLarge { limit: self.limits.max_doc_bytes }));
+            return;
+        }
+        let doc = &self.doc;
+        let done = catch_unwind(AssertUnwindSafe(|| {
+            let mut txn = doc.transact_mut();
+            let result = edit(&mut txn);
+            (result, txn.encode_update_v1())
+        }));
+        let Ok((result, update)) = done else {
+            tracing::error!("an edit panicked; the document will be rebuilt from the log");
+            self.poisoned = true;
+            let _ = reply.send(Err(Error::Internal));
+            return;
+        };
+        let changed = protocol::decode_update(&update).is_ok_and(|u| !u.is_empty());
+        if changed {
+            // Whatever changed is in the document now, so it is stored and relayed even if
+            // the edit then failed (edits refuse before changing anything, so it never is).
+            self.full_state = None;
+            self.queue_row(Bytes::from(update));
+        }
+        match result {
+            Ok(()) => {
+                let state_vector = self.doc.transact().state_vector().encode_v1();
+                self.out.push(Out::Reply(reply, Applied { changed, state_vector }));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
     /// When the gathered presence changes are due (the task sleeps until then).
     pub(crate) fn awareness_due(&self) -> Option<Instant> {
         self.awareness_due
@@ -350,6 +426,7 @@ impl RoomCore {
                     Out::Reply(reply, applied) => {
                         let _ = reply.send(Ok(applied));
                     }
+                    Out::Call(answer) => answer(),
                 }
             }
         }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-pub(crate) use self::core::{Applied, NewPeer};
+pub(crate) use self::core::{Applied, EditFn, NewPeer, ReadFn, Stats};
 use self::core::{Limits, RoomCore, build_doc};
 use crate::config::Config;
 use crate::error::Error;
@@ -66,6 +66,22 @@ pub(crate) enum RoomMsg {
         update: Bytes,
         origin: Origin,
         reply: oneshot::Sender<Result<Applied, Error>>,
+    },
+    /// A read of the document (the documents API), answered after the pending commit.
+    Read {
+        read: ReadFn,
+    },
+    /// A change made by the server; `estimate` bounds the bytes it adds.
+    Edit {
+        edit: EditFn,
+        estimate: u64,
+        reply: oneshot::Sender<Result<Applied, Error>>,
+    },
+    /// Deletes the document: what is queued is committed first, then every stored row goes,
+    /// the peers are closed with 4404 and the room ends. True if anything was stored or
+    /// anyone was connected.
+    Delete {
+        reply: oneshot::Sender<Result<bool, Error>>,
     },
 }
 
@@ -185,7 +201,7 @@ async fn run(
         ms = started.elapsed().as_millis() as u64,
         "room loaded"
     );
-    let room = Room { core, lease, store: deps.store, config: deps.config };
+    let room = Room { core, lease, store: deps.store, config: deps.config, deleted: None };
     room.run(inbox, deps.shutdown).await;
 }
 
@@ -201,10 +217,16 @@ fn refuse(msg: RoomMsg, error: &Error) {
         RoomMsg::Join { reply, .. } => {
             let _ = reply.send(Err(error.clone()));
         }
-        RoomMsg::Apply { reply, .. } => {
+        RoomMsg::Apply { reply, .. } | RoomMsg::Edit { reply, .. } => {
             let _ = reply.send(Err(error.clone()));
         }
-        RoomMsg::Leave { .. } | RoomMsg::Colour { .. } | RoomMsg::Incoming { .. } => {}
+        RoomMsg::Delete { reply } => {
+            let _ = reply.send(Err(error.clone()));
+        }
+        RoomMsg::Leave { .. }
+        | RoomMsg::Colour { .. }
+        | RoomMsg::Incoming { .. }
+        | RoomMsg::Read { .. } => {}
     }
 }
 
@@ -213,6 +235,9 @@ struct Room {
     lease: Lease,
     store: Store,
     config: Arc<Config>,
+    /// Set once the document is deleted: answered after the room has left the registry,
+    /// so a client that connects after the answer gets a fresh, empty document.
+    deleted: Option<(oneshot::Sender<Result<bool, Error>>, bool)>,
 }
 
 impl Room {
@@ -277,6 +302,17 @@ impl Room {
         };
         match outcome {
             Ok(reason) => tracing::info!(reason, "room unloaded"),
+            Err(Error::DocDeleted) => {
+                self.lease.end(&mut inbox, true);
+                self.core.fail(&Error::DocDeleted);
+                while let Ok(msg) = inbox.try_recv() {
+                    refuse(msg, &Error::DocDeleted);
+                }
+                if let Some((reply, existed)) = self.deleted.take() {
+                    let _ = reply.send(Ok(existed));
+                }
+                tracing::info!("document deleted; room unloaded");
+            }
             Err(e) => {
                 // The document in memory may hold updates the store refused; drop it and let
                 // the next join reload from what is committed. Clients still hold their
@@ -317,6 +353,28 @@ impl Room {
                     tracing::debug!(?origin, bytes = update.len(), "update from outside the room");
                     self.core.apply(update, reply);
                     self.recover_if_poisoned().await?;
+                }
+                RoomMsg::Read { read } => self.core.read(read),
+                RoomMsg::Edit { edit, estimate, reply } => {
+                    self.core.edit(edit, estimate, reply);
+                    self.recover_if_poisoned().await?;
+                }
+                RoomMsg::Delete { reply } => {
+                    // What came before the delete is committed (and answered) first.
+                    self.flush().await?;
+                    let had_peers = !self.core.is_empty();
+                    match self.store.delete(&self.lease.doc_id).await {
+                        Ok(existed) => {
+                            tracing::info!(existed, "deleting document");
+                            self.deleted = Some((reply, existed || had_peers));
+                            // Messages after it in this batch are dropped unanswered: their
+                            // senders retry, on a fresh room.
+                            return Err(Error::DocDeleted);
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e.into()));
+                        }
+                    }
                 }
             }
         }

@@ -75,6 +75,55 @@ pub(crate) struct DocSummary {
     /// Milliseconds since the Unix epoch.
     pub(crate) created_at: i64,
     pub(crate) updated_at: i64,
+    /// Stored bytes: snapshot and log rows.
+    pub(crate) bytes: i64,
+}
+
+/// Webhook receivers and the debounce of `document.updated` (see `webhook`).
+#[derive(Debug, Clone)]
+pub(crate) struct WebhookOutbox {
+    pub(crate) urls: Vec<String>,
+    pub(crate) debounce_ms: i64,
+    pub(crate) max_wait_ms: i64,
+}
+
+/// One event owed to one receiver.
+#[derive(Debug, Clone)]
+pub(crate) struct WebhookEvent {
+    pub(crate) id: i64,
+    pub(crate) url: String,
+    pub(crate) doc: String,
+    pub(crate) event: String,
+    pub(crate) seq: i64,
+    pub(crate) updated_at: i64,
+    pub(crate) attempts: i64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum WebhookOutcome {
+    /// The receiver answered 2xx for the event as it was at `seq`.
+    Delivered {
+        id: i64,
+        seq: i64,
+    },
+    Failed {
+        id: i64,
+        error: String,
+        retry_at: i64,
+    },
+}
+
+/// Per receiver: what is owed, what is failing.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub(crate) struct WebhookStatus {
+    pub(crate) url: String,
+    pub(crate) pending: i64,
+    /// Pending events whose last attempt failed.
+    pub(crate) failing: i64,
+    /// When the oldest pending event started (ms since the epoch).
+    pub(crate) oldest_pending_at: Option<i64>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) last_error_at: Option<i64>,
 }
 
 /// A clonable handle on the store. Writes are serialised by the backend (group commit);
@@ -96,8 +145,9 @@ enum Backend {
 pub(crate) async fn open_sqlite(
     data_dir: &std::path::Path,
     sync: SyncMode,
+    outbox: Option<WebhookOutbox>,
 ) -> anyhow::Result<(Store, impl Future<Output = ()> + Send + 'static)> {
-    let (store, writer) = sqlite::SqliteStore::open(data_dir, sync).await?;
+    let (store, writer) = sqlite::SqliteStore::open(data_dir, sync, outbox).await?;
     Ok((Store { backend: Backend::Sqlite(store) }, writer))
 }
 
@@ -144,10 +194,61 @@ impl Store {
         }
     }
 
-    /// Documents, most recently edited first.
-    pub(crate) async fn list(&self, limit: i64) -> Result<Vec<DocSummary>> {
+    /// Up to `limit` documents in name order, after `after` (a cursor: the last name of
+    /// the previous page), whose names start with `prefix`.
+    pub(crate) async fn list(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<DocSummary>> {
         match &self.backend {
-            Backend::Sqlite(s) => s.list(limit).await,
+            Backend::Sqlite(s) => s.list(prefix, after, limit).await,
+        }
+    }
+
+    /// The document's times and size, if anything is stored for it.
+    pub(crate) async fn summary(&self, doc: &DocId) -> Result<Option<DocSummary>> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.summary(doc).await,
+        }
+    }
+
+    /// Deletes every stored row of `doc` (and queues `document.deleted`), through the
+    /// writer; true if anything was stored.
+    pub(crate) async fn delete(&self, doc: &DocId) -> Result<bool> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.delete(doc).await,
+        }
+    }
+
+    pub(crate) async fn record_webhook(&self, outcome: WebhookOutcome) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.record_webhook(outcome).await,
+        }
+    }
+
+    pub(crate) async fn webhook_due(&self, now: i64, limit: i64) -> Result<Vec<WebhookEvent>> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.webhook_due(now, limit).await,
+        }
+    }
+
+    pub(crate) async fn webhook_next_due(&self) -> Result<Option<i64>> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.webhook_next_due().await,
+        }
+    }
+
+    pub(crate) async fn webhook_status(&self) -> Result<Vec<WebhookStatus>> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.webhook_status().await,
+        }
+    }
+
+    pub(crate) async fn webhook_events_queued(&self) {
+        match &self.backend {
+            Backend::Sqlite(s) => s.webhook_events_queued().await,
         }
     }
 
@@ -160,7 +261,7 @@ impl Store {
 }
 
 /// A deny-list entry (see `auth::revoke`): stored here, decided there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum RevocationKind {
     Jti,
@@ -184,7 +285,7 @@ impl RevocationKind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub(crate) struct Revocation {
     pub(crate) kind: RevocationKind,
     pub(crate) value: String,

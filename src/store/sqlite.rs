@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Appended, DocSummary, Health, Loaded, MAX_SEQ, Result, Revocation, RevocationKind, StoreError,
-    check_log,
+    WebhookEvent, WebhookOutbox, WebhookOutcome, WebhookStatus, check_log,
 };
 use crate::config::SyncMode;
 use crate::id::DocId;
@@ -57,13 +57,21 @@ impl From<sqlx::Error> for StoreError {
 
 #[derive(Clone)]
 pub(super) struct SqliteStore {
+    /// Room loads (and health checks): never queued behind API reads.
     reader: SqlitePool,
+    /// The documents API and the webhook worker: lists of 100,000 documents must not make
+    /// a room wait for a connection.
+    api: SqlitePool,
     writer: mpsc::Sender<Job>,
     shared: Arc<Shared>,
 }
 
 struct Shared {
     health: Health,
+    /// Receivers owed an event for every write, and the debounce (None: no webhooks).
+    outbox: Option<WebhookOutbox>,
+    /// Rung after a commit that queued webhook events.
+    events: tokio::sync::Notify,
     /// The WAL file as opened at startup. If someone deletes it, SQLite keeps writing into
     /// the unlinked file and a crash loses everything since the last checkpoint: its link
     /// count dropping to 0 is how we notice.
@@ -102,6 +110,16 @@ enum Job {
         revocation: Revocation,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Every stored row of a document goes; true if there was any.
+    Delete {
+        doc: DocId,
+        reply: oneshot::Sender<Result<bool>>,
+    },
+    /// What a webhook delivery attempt came to.
+    Webhook {
+        outcome: WebhookOutcome,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 /// What one job did, inside a group that committed.
@@ -109,6 +127,8 @@ enum Done {
     Appended(Appended),
     Compacted(bool),
     Revoked,
+    Deleted(bool),
+    Recorded,
 }
 
 impl Job {
@@ -133,14 +153,29 @@ impl Job {
                     _ => Err(StoreError::Unavailable("writer mixed up replies".into())),
                 }));
             }
+            Job::Delete { reply, .. } => {
+                let _ = reply.send(result.and_then(|done| match done {
+                    Done::Deleted(existed) => Ok(existed),
+                    _ => Err(StoreError::Unavailable("writer mixed up replies".into())),
+                }));
+            }
+            Job::Webhook { reply, .. } => {
+                let _ = reply.send(result.and_then(|done| match done {
+                    Done::Recorded => Ok(()),
+                    _ => Err(StoreError::Unavailable("writer mixed up replies".into())),
+                }));
+            }
         }
     }
 
     /// What the job is about, for log lines.
     fn subject(&self) -> &str {
         match self {
-            Job::Append { doc, .. } | Job::Compact { doc, .. } => doc.as_str(),
+            Job::Append { doc, .. } | Job::Compact { doc, .. } | Job::Delete { doc, .. } => {
+                doc.as_str()
+            }
             Job::Revoke { .. } => "(deny list)",
+            Job::Webhook { .. } => "(webhook outbox)",
         }
     }
 }
@@ -149,6 +184,7 @@ impl SqliteStore {
     pub(super) async fn open(
         data_dir: &Path,
         sync: SyncMode,
+        outbox: Option<WebhookOutbox>,
     ) -> anyhow::Result<(SqliteStore, impl Future<Output = ()> + Send + 'static)> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
@@ -192,18 +228,25 @@ impl SqliteStore {
         .execute(&mut write_conn)
         .await
         .with_context(|| format!("{} is not writable", db_path.display()))?;
+        drop_unknown_receivers(&mut write_conn, outbox.as_ref()).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
+            .connect_with(options.clone().read_only(true))
+            .await?;
+        let api = SqlitePoolOptions::new()
+            .max_connections(2)
             .connect_with(options.read_only(true))
             .await?;
         let wal_path = data_dir.join("tandem.db-wal");
         let shared = Arc::new(Shared {
             health: Health::default(),
+            outbox,
+            events: tokio::sync::Notify::new(),
             wal: File::open(&wal_path).ok(),
             wal_path,
         });
         let (writer, jobs) = mpsc::channel(4096);
-        let store = SqliteStore { reader, writer, shared: shared.clone() };
+        let store = SqliteStore { reader, api, writer, shared: shared.clone() };
         Ok((store, run_writer(write_conn, jobs, shared, lock)))
     }
 
@@ -283,22 +326,127 @@ impl SqliteStore {
         Ok(out)
     }
 
-    pub(super) async fn list(&self, limit: i64) -> Result<Vec<DocSummary>> {
+    /// Documents in name order after `after`, whose names start with `prefix`.
+    pub(super) async fn list(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<DocSummary>> {
+        // Names are ASCII below 0x7f, so [prefix, prefix + 0x7f) is exactly the prefix's.
+        let upper = format!("{prefix}\u{7f}");
         let rows = sqlx::query(
-            "select doc, created_at, updated_at from heads order by updated_at desc limit ?",
+            "select doc, created_at, updated_at, bytes from heads
+             where doc > ? and doc >= ? and doc < ? order by doc limit ?",
         )
+        .bind(after)
+        .bind(prefix)
+        .bind(upper)
         .bind(limit)
-        .fetch_all(&self.reader)
+        .fetch_all(&self.api)
         .await?;
-        let mut docs = Vec::with_capacity(rows.len());
+        rows.iter().map(summary).collect()
+    }
+
+    pub(super) async fn summary(&self, doc: &DocId) -> Result<Option<DocSummary>> {
+        let row = sqlx::query("select doc, created_at, updated_at, bytes from heads where doc = ?")
+            .bind(doc.as_str())
+            .fetch_optional(&self.api)
+            .await?;
+        row.as_ref().map(summary).transpose()
+    }
+
+    pub(super) async fn delete(&self, doc: &DocId) -> Result<bool> {
+        let (reply, done) = oneshot::channel();
+        self.submit(Job::Delete { doc: doc.clone(), reply }, done).await
+    }
+
+    pub(super) async fn record_webhook(&self, outcome: WebhookOutcome) -> Result<()> {
+        let (reply, done) = oneshot::channel();
+        self.submit(Job::Webhook { outcome, reply }, done).await
+    }
+
+    /// Events that may be delivered now: due, not backing off, and first in line for their
+    /// (url, document), so that each receiver sees a document's events in order.
+    pub(super) async fn webhook_due(&self, now: i64, limit: i64) -> Result<Vec<WebhookEvent>> {
+        let rows = sqlx::query(
+            "select o.id, o.url, o.doc, o.event, o.seq, o.updated_at, o.attempts
+             from webhook_outbox o
+             where o.due_at <= ?1 and o.retry_at <= ?1
+               and not exists (select 1 from webhook_outbox e
+                               where e.url = o.url and e.doc = o.doc and e.id < o.id)
+             order by o.id limit ?2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.api)
+        .await?;
+        let mut events = Vec::with_capacity(rows.len());
         for row in rows {
-            docs.push(DocSummary {
-                name: row.try_get(0)?,
-                created_at: row.try_get(1)?,
-                updated_at: row.try_get(2)?,
+            events.push(WebhookEvent {
+                id: row.try_get(0)?,
+                url: row.try_get(1)?,
+                doc: row.try_get(2)?,
+                event: row.try_get(3)?,
+                seq: row.try_get(4)?,
+                updated_at: row.try_get(5)?,
+                attempts: row.try_get(6)?,
             });
         }
-        Ok(docs)
+        Ok(events)
+    }
+
+    /// When the next deliverable event falls due (ms since the epoch), if any is pending.
+    pub(super) async fn webhook_next_due(&self) -> Result<Option<i64>> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "select min(max(o.due_at, o.retry_at)) from webhook_outbox o
+             where not exists (select 1 from webhook_outbox e
+                               where e.url = o.url and e.doc = o.doc and e.id < o.id)",
+        )
+        .fetch_one(&self.api)
+        .await?;
+        Ok(next)
+    }
+
+    pub(super) async fn webhook_status(&self) -> Result<Vec<WebhookStatus>> {
+        let rows = sqlx::query(
+            "select url, count(*), sum(attempts > 0), min(first_at) from webhook_outbox group by url",
+        )
+        .fetch_all(&self.api)
+        .await?;
+        let errors = sqlx::query(
+            "select url, last_error, max(last_attempt_at) from webhook_outbox
+             where last_error is not null group by url",
+        )
+        .fetch_all(&self.api)
+        .await?;
+        let mut last: HashMap<String, (String, i64)> = HashMap::new();
+        for row in errors {
+            last.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let url: String = row.try_get(0)?;
+            let (last_error, last_error_at) = match last.remove(&url) {
+                Some((e, at)) => (Some(e), Some(at)),
+                None => (None, None),
+            };
+            out.push(WebhookStatus {
+                pending: row.try_get(1)?,
+                failing: row.try_get(2)?,
+                oldest_pending_at: row.try_get(3)?,
+                last_error,
+                last_error_at,
+                url,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Resolves when a commit queued webhook events (or at once if one did since the last
+    /// call).
+    pub(super) async fn webhook_events_queued(&self) {
+        self.shared.events.notified().await;
     }
 
     pub(super) async fn health(&self) -> Result<(), String> {
@@ -365,7 +513,7 @@ async fn run_writer(
     let mut last_maintenance = Instant::now();
     let mut wal_reported = false;
     while jobs.recv_many(&mut batch, MAX_JOBS_PER_COMMIT).await > 0 {
-        commit_group(&mut conn, &mut batch, &mut heads, &shared.health).await;
+        commit_group(&mut conn, &mut batch, &mut heads, &shared).await;
         if last_maintenance.elapsed() >= MAINTENANCE_EVERY {
             last_maintenance = Instant::now();
             maintain(&mut conn, &shared, &mut wal_reported).await;
@@ -402,10 +550,15 @@ async fn commit_group(
     conn: &mut SqliteConnection,
     batch: &mut Vec<Job>,
     heads: &mut Heads,
-    health: &Health,
+    shared: &Shared,
 ) {
-    match write_all(conn, batch, heads).await {
-        Ok(done) => {
+    let health = &shared.health;
+    let outbox = shared.outbox.as_ref();
+    match write_all(conn, batch, heads, outbox).await {
+        Ok((done, events)) => {
+            if events {
+                shared.events.notify_one();
+            }
             health.set_failing(None);
             for (job, done) in batch.drain(..).zip(done) {
                 job.reply(Ok(done));
@@ -423,9 +576,12 @@ async fn commit_group(
             tracing::warn!(error = %e, jobs = batch.len(), "group commit failed, retrying jobs one by one");
             health.split_group();
             for job in batch.drain(..) {
-                let result = write_all(conn, std::slice::from_ref(&job), heads).await;
+                let result = write_all(conn, std::slice::from_ref(&job), heads, outbox).await;
                 match result {
-                    Ok(mut done) => {
+                    Ok((mut done, events)) => {
+                        if events {
+                            shared.events.notify_one();
+                        }
                         health.set_failing(None);
                         match done.pop() {
                             Some(done) => job.reply(Ok(done)),
@@ -487,16 +643,20 @@ async fn write_all(
     conn: &mut SqliteConnection,
     jobs: &[Job],
     heads: &mut Heads,
-) -> Result<Vec<Done>> {
+    outbox: Option<&WebhookOutbox>,
+) -> Result<(Vec<Done>, bool)> {
     sqlx::query("begin immediate").execute(&mut *conn).await?;
-    match write_jobs(conn, jobs, heads).await {
-        Ok((done, committed_heads)) => {
+    match write_jobs(conn, jobs, heads, outbox).await {
+        Ok(written) => {
             if let Err(e) = sqlx::query("commit").execute(&mut *conn).await {
                 let _ = sqlx::query("rollback").execute(&mut *conn).await;
                 return Err(e.into());
             }
-            heads.remember(committed_heads);
-            Ok(done)
+            for doc in &written.deleted {
+                heads.0.remove(doc);
+            }
+            heads.remember(written.heads);
+            Ok((written.done, written.events))
         }
         Err(e) => {
             let _ = sqlx::query("rollback").execute(&mut *conn).await;
@@ -510,22 +670,36 @@ async fn write_all(
 /// switches, not SQLite itself, were the cost. Appends first (all heads in one upsert that
 /// returns the new heads, all rows in multi-row inserts), then compactions: a compaction only
 /// deletes rows at or below its seq, which no append in the same group can have.
+/// What a committed group did, for the writer's caches and the webhook worker.
+struct Written {
+    done: Vec<Done>,
+    /// Heads as committed.
+    heads: Vec<(String, i64)>,
+    deleted: Vec<String>,
+    /// Whether webhook events were queued.
+    events: bool,
+}
+
 async fn write_jobs(
     tx: &mut SqliteConnection,
     jobs: &[Job],
     heads: &Heads,
-) -> Result<(Vec<Done>, Vec<(String, i64)>)> {
+    outbox: Option<&WebhookOutbox>,
+) -> Result<Written> {
     let now = now_millis();
-    // Updates per document in this group, in first-seen order.
+    // Updates and their bytes per document in this group, in first-seen order.
     let mut counts: Vec<(&str, i64)> = Vec::new();
+    let mut sizes: Vec<i64> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
     for job in jobs {
         if let Job::Append { doc, updates, .. } = job {
             let i = *index.entry(doc.as_str()).or_insert_with(|| {
                 counts.push((doc.as_str(), 0));
+                sizes.push(0);
                 counts.len() - 1
             });
             counts[i].1 += updates.len() as i64;
+            sizes[i] += updates.iter().map(|u| u.len() as i64).sum::<i64>();
         }
     }
     // The current head of each document: remembered, or read (one statement for all misses).
@@ -568,16 +742,34 @@ async fn write_jobs(
         next.insert(doc, head + 1);
         committed.push((doc.to_string(), new_head));
     }
-    for chunk in committed.chunks(ROWS_PER_INSERT) {
+    let with_sizes: Vec<(&(String, i64), i64)> =
+        committed.iter().zip(sizes.iter().copied()).collect();
+    for chunk in with_sizes.chunks(ROWS_PER_INSERT) {
         let mut upsert: QueryBuilder<Sqlite> =
-            QueryBuilder::new("insert into heads (doc, head, created_at, updated_at) ");
-        upsert.push_values(chunk, |mut row, (doc, head)| {
-            row.push_bind(doc.as_str()).push_bind(*head).push_bind(now).push_bind(now);
+            QueryBuilder::new("insert into heads (doc, head, created_at, updated_at, bytes) ");
+        upsert.push_values(chunk, |mut row, ((doc, head), bytes)| {
+            row.push_bind(doc.as_str())
+                .push_bind(*head)
+                .push_bind(now)
+                .push_bind(now)
+                .push_bind(*bytes);
         });
         upsert.push(
-            " on conflict (doc) do update set head = excluded.head, updated_at = excluded.updated_at",
+            " on conflict (doc) do update set head = excluded.head,
+               updated_at = excluded.updated_at, bytes = heads.bytes + excluded.bytes",
         );
         upsert.build().execute(&mut *tx).await?;
+    }
+    let mut events = false;
+    if let Some(outbox) = outbox {
+        let created: Vec<(&str, i64)> = counts
+            .iter()
+            .filter(|(doc, _)| current.get(doc).copied().unwrap_or(0) == 0)
+            .map(|(doc, _)| (*doc, 1))
+            .collect();
+        let heads_now: Vec<(&str, i64)> = committed.iter().map(|(d, h)| (d.as_str(), *h)).collect();
+        events |= queue_events(tx, outbox, "document.created", &created, now).await?;
+        events |= queue_events(tx, outbox, "document.updated", &heads_now, now).await?;
     }
     let mut done = Vec::with_capacity(jobs.len());
     let mut rows: Vec<(&str, i64, &[u8])> = Vec::new();
@@ -595,6 +787,8 @@ async fn write_jobs(
                 done.push(Done::Appended(Appended { first: start, last: *first - 1 }));
             }
             Job::Compact { .. } => done.push(Done::Compacted(false)),
+            Job::Delete { .. } => done.push(Done::Deleted(false)),
+            Job::Webhook { .. } => done.push(Done::Recorded),
             Job::Revoke { revocation, .. } => {
                 sqlx::query(
                     "insert into revocations (kind, value, revoked_at) values (?, ?, ?)
@@ -618,13 +812,145 @@ async fn write_jobs(
         });
         insert.build().execute(&mut *tx).await?;
     }
+    let mut deleted = Vec::new();
     for (job, done) in jobs.iter().zip(done.iter_mut()) {
-        if let Job::Compact { doc, snapshot, upto_seq, .. } = job {
-            let head = next.get(doc.as_str()).map(|next| next - 1);
-            *done = Done::Compacted(compact_one(tx, doc, snapshot, *upto_seq, head, now).await?);
+        match job {
+            Job::Compact { doc, snapshot, upto_seq, .. } => {
+                let head = next.get(doc.as_str()).map(|next| next - 1);
+                *done =
+                    Done::Compacted(compact_one(tx, doc, snapshot, *upto_seq, head, now).await?);
+            }
+            Job::Delete { doc, .. } => {
+                let head = delete_one(tx, doc).await?;
+                if let (Some(head), Some(outbox)) = (head, outbox) {
+                    sqlx::query("update webhook_outbox set open = 0 where doc = ? and open = 1")
+                        .bind(doc.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                    events |=
+                        queue_events(tx, outbox, "document.deleted", &[(doc.as_str(), head)], now)
+                            .await?;
+                }
+                deleted.push(doc.as_str().to_string());
+                *done = Done::Deleted(head.is_some());
+            }
+            Job::Webhook { outcome, .. } => {
+                record_outcome(tx, outcome, outbox, now).await?;
+                *done = Done::Recorded;
+            }
+            _ => {}
         }
     }
-    Ok((done, committed))
+    Ok(Written { done, heads: committed, deleted, events })
+}
+
+/// Queues `event` for each (document, seq) to every receiver, in the commit's transaction.
+/// `document.updated` folds into the receiver's open row for the document, if it has one:
+/// that is the debounce (due `debounce` after the last write, and no later than `max_wait`
+/// after the row was opened).
+async fn queue_events(
+    tx: &mut SqliteConnection,
+    outbox: &WebhookOutbox,
+    event: &str,
+    docs: &[(&str, i64)],
+    now: i64,
+) -> Result<bool> {
+    if docs.is_empty() || outbox.urls.is_empty() {
+        return Ok(false);
+    }
+    let updated = event == "document.updated";
+    let due = if updated { now + outbox.debounce_ms } else { now };
+    let rows: Vec<(&str, &str, i64)> = outbox
+        .urls
+        .iter()
+        .flat_map(|url| docs.iter().map(move |(doc, seq)| (url.as_str(), *doc, *seq)))
+        .collect();
+    for chunk in rows.chunks(ROWS_PER_INSERT / 2) {
+        let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "insert into webhook_outbox (url, doc, event, seq, updated_at, first_at, due_at, open) ",
+        );
+        insert.push_values(chunk, |mut row, (url, doc, seq)| {
+            row.push_bind(*url)
+                .push_bind(*doc)
+                .push_bind(event)
+                .push_bind(*seq)
+                .push_bind(now)
+                .push_bind(now)
+                .push_bind(due)
+                .push_bind(i64::from(updated));
+        });
+        if updated {
+            insert.push(format!(
+                " on conflict (url, doc) where open = 1 do update set seq = excluded.seq,
+                   updated_at = excluded.updated_at,
+                   due_at = min(webhook_outbox.first_at + {}, excluded.due_at)",
+                outbox.max_wait_ms
+            ));
+        }
+        insert.build().execute(&mut *tx).await?;
+    }
+    Ok(true)
+}
+
+async fn record_outcome(
+    tx: &mut SqliteConnection,
+    outcome: &WebhookOutcome,
+    outbox: Option<&WebhookOutbox>,
+    now: i64,
+) -> Result<()> {
+    match outcome {
+        WebhookOutcome::Delivered { id, seq } => {
+            let gone = sqlx::query("delete from webhook_outbox where id = ? and seq = ?")
+                .bind(id)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if gone == 0 {
+                // Writes arrived while it was in flight: the row now stands for them, and
+                // its debounce starts over from the delivery.
+                let (debounce, max_wait) =
+                    outbox.map_or((0, 0), |o| (o.debounce_ms, o.max_wait_ms));
+                sqlx::query(
+                    "update webhook_outbox set attempts = 0, retry_at = 0, last_error = null,
+                       first_at = ?1, due_at = min(?1 + ?2, updated_at + ?3) where id = ?4",
+                )
+                .bind(now)
+                .bind(max_wait)
+                .bind(debounce)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        WebhookOutcome::Failed { id, error, retry_at } => {
+            sqlx::query(
+                "update webhook_outbox set attempts = attempts + 1, retry_at = ?, last_error = ?,
+                   last_attempt_at = ? where id = ?",
+            )
+            .bind(retry_at)
+            .bind(error)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes every row of `doc`; returns the head it had, if it had one.
+async fn delete_one(tx: &mut SqliteConnection, doc: &DocId) -> Result<Option<i64>> {
+    let head: Option<i64> = sqlx::query_scalar("delete from heads where doc = ? returning head")
+        .bind(doc.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+    sqlx::query("delete from updates where doc = ?").bind(doc.as_str()).execute(&mut *tx).await?;
+    sqlx::query("delete from documents where name = ?")
+        .bind(doc.as_str())
+        .execute(&mut *tx)
+        .await?;
+    Ok(head)
 }
 
 async fn compact_one(
@@ -671,8 +997,49 @@ async fn compact_one(
             .bind(upto_seq)
             .execute(&mut *tx)
             .await?;
+        sqlx::query(
+            "update heads set bytes = ?1 + coalesce((select sum(length(data)) from updates
+               where doc = ?2), 0) where doc = ?2",
+        )
+        .bind(snapshot.len() as i64)
+        .bind(doc.as_str())
+        .execute(&mut *tx)
+        .await?;
     }
     Ok(replaced > 0)
+}
+
+fn summary(row: &sqlx::sqlite::SqliteRow) -> Result<DocSummary> {
+    Ok(DocSummary {
+        name: row.try_get(0)?,
+        created_at: row.try_get(1)?,
+        updated_at: row.try_get(2)?,
+        bytes: row.try_get(3)?,
+    })
+}
+
+/// Events owed to receivers that are no longer configured can never be delivered: they go,
+/// with a line in the log saying how many.
+async fn drop_unknown_receivers(
+    conn: &mut SqliteConnection,
+    outbox: Option<&WebhookOutbox>,
+) -> anyhow::Result<()> {
+    let urls: Vec<&str> =
+        outbox.map(|o| o.urls.iter().map(String::as_str).collect()).unwrap_or_default();
+    let mut delete: QueryBuilder<Sqlite> = QueryBuilder::new("delete from webhook_outbox");
+    if !urls.is_empty() {
+        delete.push(" where url not in (");
+        let mut list = delete.separated(", ");
+        for url in &urls {
+            list.push_bind(*url);
+        }
+        delete.push(")");
+    }
+    let dropped = delete.build().execute(&mut *conn).await?.rows_affected();
+    if dropped > 0 {
+        tracing::warn!(dropped, "dropped webhook events owed to receivers no longer configured");
+    }
+    Ok(())
 }
 
 fn now_millis() -> i64 {
@@ -684,7 +1051,7 @@ mod tests {
     use super::*;
 
     async fn open(dir: &Path) -> (SqliteStore, tokio::task::JoinHandle<()>) {
-        let (store, writer) = SqliteStore::open(dir, SyncMode::Normal).await.expect("open");
+        let (store, writer) = SqliteStore::open(dir, SyncMode::Normal, None).await.expect("open");
         (store, tokio::spawn(writer))
     }
 
@@ -748,14 +1115,17 @@ mod tests {
     #[tokio::test]
     async fn a_failed_group_commit_fails_only_its_culprit() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let (store, writer) = SqliteStore::open(tmp.path(), SyncMode::Normal).await.expect("open");
+        let (store, writer) =
+            SqliteStore::open(tmp.path(), SyncMode::Normal, None).await.expect("open");
         let (good, bad) = (doc("good"), doc("bad"));
         let mut conn = raw(tmp.path()).await;
-        sqlx::query("insert into heads values ('bad', ?, 0, 0)")
-            .bind(MAX_SEQ)
-            .execute(&mut conn)
-            .await
-            .expect("exhaust bad's seqs");
+        sqlx::query(
+            "insert into heads (doc, head, created_at, updated_at) values ('bad', ?, 0, 0)",
+        )
+        .bind(MAX_SEQ)
+        .execute(&mut conn)
+        .await
+        .expect("exhaust bad's seqs");
         // Both appends are queued before the writer runs, so they share one group.
         let (a, b) = (store.clone(), store.clone());
         let good_append = tokio::spawn({
@@ -810,7 +1180,7 @@ mod tests {
     async fn a_second_process_on_the_same_directory_is_refused() {
         let tmp = tempfile::tempdir().expect("tmp");
         let (store, writer) = open(tmp.path()).await;
-        let second = SqliteStore::open(tmp.path(), SyncMode::Normal).await;
+        let second = SqliteStore::open(tmp.path(), SyncMode::Normal, None).await;
         let message = second.err().expect("second open must fail").to_string();
         assert!(message.contains("another tandem process"), "{message}");
         drop(store);

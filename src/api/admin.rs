@@ -1,0 +1,100 @@
+//! `/api/admin/…`: what only an admin token (or an open server) may do.
+
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+
+use super::docs::ErrorBody;
+use super::{Body, json_body};
+use crate::auth::{Caller, Revocation, RevocationKind};
+use crate::error::Error;
+use crate::http::AppState;
+use crate::store::WebhookStatus;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct RevokeRequest {
+    jti: Option<String>,
+    sub: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Revoked {
+    revoked: Revocation,
+}
+
+/// Revokes a token (`{"jti": ...}`) or every token a user holds now (`{"sub": ...}`).
+/// Stored before the answer; live connections holding a matching token close with 4401.
+#[utoipa::path(post, path = "/api/admin/revoke", tag = "admin", request_body = RevokeRequest,
+    responses((status = 200, body = Revoked), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body,
+) -> Result<Json<Revoked>, Error> {
+    if matches!(caller, Caller::Open) {
+        return Err(Error::Forbidden(
+            "revocation needs access control: start the server with an auth key".into(),
+        ));
+    }
+    caller.require_admin()?;
+    let request: RevokeRequest = json_body(&body)?;
+    let (kind, value) = match (request.jti, request.sub) {
+        (Some(jti), None) if !jti.is_empty() => (RevocationKind::Jti, jti),
+        (None, Some(sub)) if !sub.is_empty() => (RevocationKind::Sub, sub),
+        _ => return Err(Error::BadRequest("give exactly one of \"jti\" and \"sub\"".into())),
+    };
+    let revoked = state.auth.revocations().revoke(&state.store, kind, value).await?;
+    let by = caller.identity().map(|id| id.sub.clone()).unwrap_or_default();
+    tracing::info!(kind = kind.as_str(), value = %revoked.value, by, "revoked");
+    Ok(Json(Revoked { revoked }))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct WebhookReport {
+    /// This node's name (as in every event it sends).
+    node: String,
+    /// Every configured receiver, with what it is owed.
+    receivers: Vec<WebhookStatus>,
+    /// Since this process started.
+    delivered: u64,
+    failed_attempts: u64,
+}
+
+/// Webhook delivery state: per receiver, the events pending, how many of them are failing,
+/// and the last error.
+#[utoipa::path(get, path = "/api/admin/webhooks", tag = "admin",
+    responses((status = 200, body = WebhookReport), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(crate) async fn webhooks(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<WebhookReport>, Error> {
+    caller.require_admin()?;
+    let mut stored = state.store.webhook_status().await?;
+    let receivers = state
+        .config
+        .webhook_url
+        .iter()
+        .map(|url| url.trim())
+        .filter(|url| !url.is_empty())
+        .map(|url| match stored.iter().position(|s| s.url == url) {
+            Some(i) => stored.swap_remove(i),
+            None => WebhookStatus {
+                url: url.to_string(),
+                pending: 0,
+                failing: 0,
+                oldest_pending_at: None,
+                last_error: None,
+                last_error_at: None,
+            },
+        })
+        .collect();
+    Ok(Json(WebhookReport {
+        node: state.node.clone(),
+        receivers,
+        delivered: state.webhooks.delivered.load(Ordering::Relaxed),
+        failed_attempts: state.webhooks.failed_attempts.load(Ordering::Relaxed),
+    }))
+}
