@@ -282,3 +282,39 @@ test('the document list shows a document created in the editor, with who is in i
   await pa.setViewportSize({ width: 390, height: 800 })
   await pa.screenshot({ path: join(ARTIFACTS, 'editor-phone.png') })
 })
+
+test('the documents API reads what is typed in the editor, and a Markdown PUT appears in the open editor', async () => {
+  const ada = await person('Ada')
+  const pa = await openEditor(ada, 'api-doc')
+  await typeAtEnd(pa, 'Typed in the ')
+  await pa.keyboard.press('Control+b')
+  await pa.keyboard.type('browser', { delay: 5 })
+  await pa.keyboard.press('Control+b')
+  await pa.keyboard.type('.', { delay: 5 })
+  await pa.waitForFunction(() => document.getElementById('saved').dataset.state === 'saved')
+  const deadline = Date.now() + 10000
+  let markdown
+  for (;;) {
+    markdown = await (await fetch(url('/api/docs/api-doc/content?format=markdown'))).text()
+    if (markdown === 'Typed in the **browser**.\n' || Date.now() > deadline) break
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+  assert.equal(markdown, 'Typed in the **browser**.\n')
+
+  await pa.evaluate(() => { window.__notReloaded = true })
+  const response = await fetch(url('/api/docs/api-doc/content?format=markdown'), {
+    method: 'PUT',
+    headers: { 'content-type': 'text/markdown' },
+    body: '# From the API\n\nA *new* paragraph and a list:\n\n- one\n- two\n'
+  })
+  assert.equal(response.status, 200, await response.clone().text())
+  await pa.waitForFunction(() => window.tandem.editor.getHTML().includes('<h1>From the API</h1>'), null, { timeout: 10000 })
+  const html = await pa.evaluate(() => window.tandem.editor.getHTML())
+  assert.match(html, /<em>new<\/em>/)
+  assert.match(html, /<ul><li><p>one<\/p><\/li><li><p>two<\/p><\/li><\/ul>/)
+  assert.equal(await pa.evaluate(() => window.__notReloaded), true, 'no reload')
+  // The editor keeps working on the new content.
+  await typeAtEnd(pa, ' And more.')
+  await pa.waitForFunction(() => document.getElementById('saved').dataset.state === 'saved')
+  await pa.screenshot({ path: join(ARTIFACTS, 'api-put-in-editor.png') })
+})

@@ -21,7 +21,7 @@ input.addEventListener('input', () => { error.hidden = true })
 
 async function refresh () {
   try {
-    const res = await fetch('/api/docs', { cache: 'no-store' })
+    const res = await fetch('/api/docs?limit=1000', { cache: 'no-store' })
     if (res.status === 401) {
       // Access control is on and this page carries no token: documents open from links.
       empty.textContent = 'This server needs a link with access to a document.'
