@@ -41,7 +41,11 @@ async fn markdown_put_reaches_a_connected_peer_and_is_stored_before_the_answer()
     // Committed when the answer came.
     assert_eq!(rows_of(&server, "notes").await, 1);
     peer.pump_until(|c| fragment_text(c).contains("Friday")).await;
-    assert!(fragment_text(&peer).starts_with("<heading level=\"1\">Plan</heading>"), "{}", fragment_text(&peer));
+    assert!(
+        fragment_text(&peer).starts_with("<heading level=\"1\">Plan</heading>"),
+        "{}",
+        fragment_text(&peer)
+    );
 
     let (status, body) = http_get(&url).await;
     assert_eq!((status, body.as_str()), (200, markdown));
@@ -71,9 +75,14 @@ async fn markdown_put_reaches_a_connected_peer_and_is_stored_before_the_answer()
 async fn other_kinds_of_field_and_refusals() {
     let server = TestServer::start().await;
     let content = |q: &str| server.http(&format!("/api/docs/kinds/content?{q}"));
-    assert_eq!(http_bytes(&content("field=notes"), "PUT", "text/plain", b"plain words").await.status, 200);
     assert_eq!(
-        http_bytes(&content("field=meta"), "PUT", "application/json", br#"{"title":"T","n":2}"#).await.status,
+        http_bytes(&content("field=notes"), "PUT", "text/plain", b"plain words").await.status,
+        200
+    );
+    assert_eq!(
+        http_bytes(&content("field=meta"), "PUT", "application/json", br#"{"title":"T","n":2}"#)
+            .await
+            .status,
         200
     );
     assert_eq!(http_get(&content("field=notes")).await, (200, "plain words".to_string()));
@@ -129,7 +138,8 @@ async fn update_by_state_vector_is_exactly_what_a_client_lacks() {
         base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &sv),
     ] {
         let query: String = encoded.bytes().map(|b| format!("%{b:02X}")).collect();
-        let diff = http(&server.http(&format!("/api/docs/sv/update?sv={query}")), "GET", None).await;
+        let diff =
+            http(&server.http(&format!("/api/docs/sv/update?sv={query}")), "GET", None).await;
         assert_eq!(diff.status, 200);
         assert!(diff.body.len() < full.body.len() + 8, "a diff, not everything");
         let copy = yrs::Doc::new();
@@ -176,7 +186,8 @@ async fn paging_lists_every_document_exactly_once() {
     let mut pages = 0;
     loop {
         let (status, body) =
-            http_get(&server.http(&format!("/api/docs?limit=10&prefix=page-&cursor={cursor}"))).await;
+            http_get(&server.http(&format!("/api/docs?limit=10&prefix=page-&cursor={cursor}")))
+                .await;
         assert_eq!(status, 200, "{body}");
         let page = json(&body);
         for doc in page["docs"].as_array().expect("docs") {
@@ -194,7 +205,7 @@ async fn paging_lists_every_document_exactly_once() {
     let expected: Vec<String> = names.iter().filter(|n| n.starts_with("page-")).cloned().collect();
     assert_eq!(seen, expected, "every page- document once, in name order");
     assert_eq!(seen.iter().collect::<HashSet<_>>().len(), seen.len());
-    for bad in ["limit=0", "limit=5000", "cursor=***", "prefix=a%20b"] {
+    for bad in ["limit=0", "limit=5000", "cursor=a%20b", "prefix=a%20b"] {
         assert_eq!(http_get(&server.http(&format!("/api/docs?{bad}"))).await.0, 400, "{bad}");
     }
 }
@@ -204,8 +215,10 @@ async fn the_api_honours_grants() {
     let secret = "api-secret";
     let server = TestServer::start_with(|c| c.auth_secret = Some(secret.into())).await;
     let admin = common::mint(secret, serde_json::json!({"sub": "root", "admin": true}));
-    let reader = common::mint(secret, serde_json::json!({"sub": "r", "docs": [{"p": "shared", "a": "r"}]}));
-    let writer = common::mint(secret, serde_json::json!({"sub": "w", "docs": [{"p": "shared", "a": "rw"}]}));
+    let reader =
+        common::mint(secret, serde_json::json!({"sub": "r", "docs": [{"p": "shared", "a": "r"}]}));
+    let writer =
+        common::mint(secret, serde_json::json!({"sub": "w", "docs": [{"p": "shared", "a": "rw"}]}));
     let url = server.http("/api/docs/shared/content?format=text");
     let put = |token: Option<String>| {
         let url = url.clone();

@@ -6,17 +6,35 @@ use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
+use super::Body;
 use super::docs::ErrorBody;
-use super::{Body, json_body};
 use crate::auth::{Caller, Revocation, RevocationKind};
 use crate::error::Error;
 use crate::http::AppState;
 use crate::store::WebhookStatus;
 
+/// Exactly one of the two.
 #[derive(Deserialize, utoipa::ToSchema)]
-pub(crate) struct RevokeRequest {
-    jti: Option<String>,
-    sub: Option<String>,
+#[serde(untagged)]
+pub(crate) enum RevokeRequest {
+    Jti(ByJti),
+    Sub(BySub),
+}
+
+/// One token.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ByJti {
+    #[schema(min_length = 1)]
+    jti: String,
+}
+
+/// Every token the user holds now.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BySub {
+    #[schema(min_length = 1)]
+    sub: String,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -40,11 +58,12 @@ pub(crate) async fn revoke(
         ));
     }
     caller.require_admin()?;
-    let request: RevokeRequest = json_body(&body)?;
-    let (kind, value) = match (request.jti, request.sub) {
-        (Some(jti), None) if !jti.is_empty() => (RevocationKind::Jti, jti),
-        (None, Some(sub)) if !sub.is_empty() => (RevocationKind::Sub, sub),
-        _ => return Err(Error::BadRequest("give exactly one of \"jti\" and \"sub\"".into())),
+    let exactly_one = || Error::BadRequest("give exactly one of \"jti\" and \"sub\"".into());
+    let request: RevokeRequest = serde_json::from_slice(&body).map_err(|_| exactly_one())?;
+    let (kind, value) = match request {
+        RevokeRequest::Jti(ByJti { jti }) if !jti.is_empty() => (RevocationKind::Jti, jti),
+        RevokeRequest::Sub(BySub { sub }) if !sub.is_empty() => (RevocationKind::Sub, sub),
+        _ => return Err(exactly_one()),
     };
     let revoked = state.auth.revocations().revoke(&state.store, kind, value).await?;
     let by = caller.identity().map(|id| id.sub.clone()).unwrap_or_default();

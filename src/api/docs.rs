@@ -23,6 +23,20 @@ use crate::room::Origin;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 const B64_URL: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+/// The `{doc}` path parameter as the description states it (`DocId::parse` is the rule).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // only its description is used
+pub(crate) struct DocParam {
+    /// 1-200 ASCII letters, digits, '-', '_' and '.', not only dots.
+    #[param(
+        pattern = r"^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$",
+        max_length = 200,
+        min_length = 1
+    )]
+    doc: String,
+}
+
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
 
@@ -36,10 +50,13 @@ pub(crate) struct ErrorBody {
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListParams {
     /// Only documents whose names start with this.
+    #[param(pattern = r"^[A-Za-z0-9._-]*$", max_length = 200)]
     prefix: Option<String>,
     /// Documents per page (1-1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[A-Za-z0-9._-]*$", max_length = 200)]
     cursor: Option<String>,
 }
 
@@ -84,19 +101,18 @@ pub(crate) async fn list(
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(Error::BadRequest(format!("limit: 1 to {MAX_PAGE}")));
     }
-    let after = match params.cursor.as_deref().filter(|c| !c.is_empty()) {
-        None => String::new(),
-        Some(cursor) => B64_URL
-            .decode(cursor)
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .filter(|name| DocId::parse(name).is_ok())
-            .ok_or_else(|| Error::BadRequest("cursor: not one this server handed out".into()))?,
-    };
+    // The cursor is the last name of the previous page (opaque to clients, but any string
+    // of name characters is a valid lower bound, so none is refused for what it names).
+    let after = params.cursor.unwrap_or_default();
+    if !after.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        || after.len() > DocId::MAX_LEN
+    {
+        return Err(Error::BadRequest("cursor: not one this server handed out".into()));
+    }
     let mut rows = state.store.list(&prefix, &after, i64::from(limit) + 1).await?;
     let next_cursor = if rows.len() > limit as usize {
         rows.truncate(limit as usize);
-        rows.last().map(|last| B64_URL.encode(last.name.as_bytes()))
+        rows.last().map(|last| last.name.clone())
     } else {
         None
     };
@@ -135,7 +151,7 @@ pub(crate) struct Metadata {
 }
 
 /// A document's metadata. 404 for a document with nothing stored.
-#[utoipa::path(get, path = "/api/docs/{doc}", tag = "documents", params(("doc" = String, Path)),
+#[utoipa::path(get, path = "/api/docs/{doc}", tag = "documents", params(DocParam),
     responses((status = 200, body = Metadata), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn metadata(
@@ -171,12 +187,13 @@ fn not_found(doc: &DocId) -> Error {
 #[into_params(parameter_in = Query)]
 pub(crate) struct UpdateParams {
     /// A Yjs v1 state vector (standard or URL-safe base64): only what it lacks is sent.
+    #[param(pattern = r"^[A-Za-z0-9+/_=-]*$")]
     sv: Option<String>,
 }
 
 /// The document as one Yjs v1 update, or the diff against a state vector.
 #[utoipa::path(get, path = "/api/docs/{doc}/update", tag = "documents",
-    params(("doc" = String, Path), UpdateParams),
+    params(DocParam, UpdateParams),
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
@@ -237,7 +254,7 @@ pub(crate) struct StateVectorReply {
 
 /// Applies a Yjs v1 update on the peers' write path; answered once committed, and relayed
 /// to connected peers like any update.
-#[utoipa::path(post, path = "/api/docs/{doc}/update", tag = "documents", params(("doc" = String, Path)),
+#[utoipa::path(post, path = "/api/docs/{doc}/update", tag = "documents", params(DocParam),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, body = StateVectorReply), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)))]
@@ -272,6 +289,7 @@ pub(crate) struct ContentParams {
     /// array). Writing: default from the body's Content-Type.
     format: Option<Format>,
     /// The top-level shared type (default `default`, the editor's).
+    #[param(min_length = 1, max_length = 256)]
     field: Option<String>,
     /// Writing: `replace` (PUT's default) or `append` (POST's default).
     mode: Option<Mode>,
@@ -295,7 +313,7 @@ fn field_name(field: Option<String>) -> Result<String, Error> {
 /// The content of one shared type: for the editor's rich text, plain text, ProseMirror JSON,
 /// HTML or Markdown; for a `Y.Text`, text (or its delta as JSON); for a map or an array, JSON.
 #[utoipa::path(get, path = "/api/docs/{doc}/content", tag = "content",
-    params(("doc" = String, Path), ContentParams),
+    params(DocParam, ContentParams),
     responses((status = 200, content(("text/plain"), ("text/markdown"), ("text/html"), ("application/json"))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
@@ -336,7 +354,7 @@ pub(crate) async fn get_content(
 /// Replaces the content of one shared type, as one change that connected editors see live.
 /// Answered after the commit.
 #[utoipa::path(put, path = "/api/docs/{doc}/content", tag = "content",
-    params(("doc" = String, Path), ContentParams),
+    params(DocParam, ContentParams),
     request_body(content((String = "text/markdown"), (String = "text/html"), (String = "text/plain"), (Object = "application/json"))),
     responses((status = 200, body = StateVectorReply), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)))]
@@ -353,7 +371,7 @@ pub(crate) async fn put_content(
 
 /// Appends to the content of one shared type (`mode=replace` replaces instead).
 #[utoipa::path(post, path = "/api/docs/{doc}/content", tag = "content",
-    params(("doc" = String, Path), ContentParams),
+    params(DocParam, ContentParams),
     request_body(content((String = "text/markdown"), (String = "text/html"), (String = "text/plain"), (Object = "application/json"))),
     responses((status = 200, body = StateVectorReply), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)))]
@@ -414,7 +432,7 @@ fn format_from_content_type(headers: &HeaderMap) -> Result<Format, Error> {
 
 /// Deletes a document (admin): connected peers are closed with 4404 `document deleted`,
 /// every stored row goes, and the name starts afresh.
-#[utoipa::path(delete, path = "/api/docs/{doc}", tag = "documents", params(("doc" = String, Path)),
+#[utoipa::path(delete, path = "/api/docs/{doc}", tag = "documents", params(DocParam),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn delete(
@@ -451,7 +469,7 @@ pub(crate) struct Identity {
 
 /// The cursor colour the server assigns this browser in this document: unique among the
 /// people present while the palette lasts, and stable when the same browser returns.
-#[utoipa::path(post, path = "/api/docs/{doc}/identity", tag = "editor", params(("doc" = String, Path)),
+#[utoipa::path(post, path = "/api/docs/{doc}/identity", tag = "editor", params(DocParam),
     request_body = IdentityRequest,
     responses((status = 200, body = Identity), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody)))]

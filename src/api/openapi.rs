@@ -16,6 +16,7 @@ use super::{admin, docs};
         docs::get_content, docs::put_content, docs::post_content, docs::identity,
         admin::revoke, admin::webhooks,
     ),
+    components(schemas(crate::content::Format, super::docs::Mode)),
     modifiers(&Bearer),
     security(("bearer" = [])),
 )]
