@@ -113,6 +113,15 @@ if [[ " $SERVERS " == *" tandem "* ]]; then
     sleep 3 # the room unloads after 1 s and compacts on the way out
     stop
   done
+  # Listing 100,000 documents beside cold room loads (the documents API, issue #10). The
+  # short grace and high room cap only keep the 100,000 writes from piling up rooms.
+  PORT=$((PORT + 1))
+  target/release/tandem --listen "127.0.0.1:$PORT" --data-dir "$out/data-list" --web-dir= \
+    --room-grace-secs 0.5 --max-rooms 100000 --sync normal >"$out/list.log" 2>&1 &
+  PID=$!; sleep 0.5
+  $BENCH run --label tandem --url "ws://127.0.0.1:$PORT/ws/{room}" --pid $PID --workloads list \
+    --scale "$SCALE" --json "$json" >/dev/null
+  stop
 fi
 $BENCH sqlite --dir "$out/sqlite" --secs 3 --json "$json" >/dev/null
 

@@ -54,7 +54,11 @@ impl Receiver {
     async fn wait_for(&self, what: &str, mut done: impl FnMut(&[(String, String, i64)]) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !done(&self.summary()) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {:?}", self.summary());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {:?}",
+                self.summary()
+            );
             sleep(Duration::from_millis(20)).await;
         }
     }
@@ -128,9 +132,7 @@ async fn events_are_signed_debounced_and_in_order() {
         sleep(Duration::from_millis(40)).await;
     }
     peer.pump_until(|c| c.updates_received == 5).await;
-    receiver
-        .wait_for("created and updated", |e| count(e, "document.updated", "hooked") == 1)
-        .await;
+    receiver.wait_for("created and updated", |e| count(e, "document.updated", "hooked") == 1).await;
     // Nothing more comes for writes already reported.
     sleep(Duration::from_millis(800)).await;
     let events = receiver.summary();
@@ -159,7 +161,11 @@ async fn events_are_signed_debounced_and_in_order() {
         peer.pump_for(Duration::from_millis(100)).await;
     }
     let during = count(&receiver.summary(), "document.updated", "hooked") - 1;
-    assert!((1..=3).contains(&during), "{during} updated events while typing: {:?}", receiver.summary());
+    assert!(
+        (1..=3).contains(&during),
+        "{during} updated events while typing: {:?}",
+        receiver.summary()
+    );
     // Deleting: `document.deleted` comes after every event before it.
     assert_eq!(http(&server.http("/api/docs/hooked"), "DELETE", None).await.status, 204);
     receiver.wait_for("deleted", |e| count(e, "document.deleted", "hooked") == 1).await;
@@ -267,4 +273,42 @@ async fn events_pending_at_a_sigkill_are_delivered_after_the_restart() {
         .collect();
     assert_eq!(ids.len(), 1, "a repeated delivery keeps its id: {ids:?}");
     assert!(receiver.events().iter().all(verify));
+}
+
+#[tokio::test]
+async fn a_receiver_that_never_answers_holds_up_no_editing() {
+    // Accepts connections and never answers: every delivery waits out its timeout.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let server = TestServer::start_with(move |c| {
+        c.webhook_url = vec![url];
+        c.webhook_debounce_ms = 0;
+        c.webhook_timeout_secs = 30.0;
+        c.max_updates_per_sec = 0.0;
+    })
+    .await;
+    let mut peers = Vec::new();
+    for i in 0..20 {
+        peers.push(YClient::join(&server, &format!("busy-{i}")).await);
+    }
+    // Every document owes events that hang; editing in all of them goes on.
+    for round in 1..=10 {
+        for peer in &mut peers {
+            peer.insert(0, "k").await;
+        }
+        for peer in &mut peers {
+            peer.pump_until(|c| c.updates_received == round).await;
+        }
+    }
+    let (status, body) = http_get(&server.http("/api/admin/webhooks")).await;
+    assert_eq!(status, 200);
+    let report: Value = serde_json::from_str(&body).expect("json");
+    assert!(report["receivers"][0]["pending"].as_i64().is_some_and(|p| p >= 20), "{report}");
+    assert_eq!(http_get(&server.http("/healthz")).await.0, 200);
 }

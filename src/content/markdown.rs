@@ -528,6 +528,21 @@ mod tests {
         }
     }
 
+    /// Text that looks like Markdown or HTML stays text through a round trip.
+    #[test]
+    fn markup_characters_in_text_are_escaped() {
+        let mut doc = Node::new("doc");
+        for line in ["2 * 3 = 6 and _under_ #1", "<u>not underline</u> & [not](a link)", "# not a heading", "- not a list", "1. not a list", "`not code`"] {
+            let mut p = Node::new("paragraph");
+            p.content.push(Node::text(line.to_string(), Vec::new()));
+            doc.content.push(p);
+        }
+        let markdown = to_markdown(&doc).expect("write");
+        assert_eq!(parse_markdown(&markdown).expect("parse"), doc, "written as:\n{markdown}");
+        let html = to_html(&doc);
+        assert!(html.contains("&lt;u&gt;not underline&lt;/u&gt; &amp;"), "{html}");
+    }
+
     #[test]
     fn deep_nesting_is_refused_not_recursed() {
         let deep = "> ".repeat(MAX_DEPTH + 5) + "x";

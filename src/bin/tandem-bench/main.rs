@@ -42,7 +42,7 @@ enum Command {
         /// y-sweet: create each document at this HTTP base first.
         #[arg(long)]
         ysweet: Option<String>,
-        /// Comma-separated: fanout,fanout-max,fanout-wide,typing,rooms,presence,idle,storm,durable,populate,cold
+        /// Comma-separated: fanout,fanout-max,fanout-wide,typing,rooms,presence,idle,storm,durable,populate,cold,list
         #[arg(long, default_value = "fanout,fanout-wide,typing,rooms,presence")]
         workloads: String,
         /// Multiplies client and room counts (1.0 = the sizes in BENCHMARKS.md).
@@ -139,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
                     "durable" => special::durable(&target, secs.min(5.0)).await,
                     "populate" => special::populate_log(&target, n(100_000)).await,
                     "cold" => special::cold_load(&target, &cold_label).await,
+                    "list" => special::list_vs_load(&target, n(100_000)).await,
                     other => anyhow::bail!("unknown workload {other}"),
                 };
                 match result {
@@ -188,6 +189,9 @@ fn title(workload: &str, scale: f64) -> String {
         "storm" => format!("6. join storm: {} clients join a large document at once", n(150)),
         "durable" => "7b. durable throughput: one room, one writer, 256 in flight".into(),
         "populate" => "7a. populate: writing the log for the cold load".into(),
+        "list" => {
+            format!("8. listing beside room loads: {} documents, 50 listing clients", n(100_000))
+        }
         other => other.into(),
     }
 }

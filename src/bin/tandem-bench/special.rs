@@ -277,3 +277,117 @@ pub(crate) async fn sqlite_ceiling(
     }
     Ok(results)
 }
+
+/// Does listing starve room loads? Writes `n` documents over the REST API, then times cold
+/// room loads (connect to a document not in memory → first SyncStep2) alone, and again
+/// while 50 clients list documents in a loop. Tandem only (it speaks Tandem's REST API).
+pub(crate) async fn list_vs_load(target: &Target, n: usize) -> anyhow::Result<Outcome> {
+    let mut out = outcome(target, "list");
+    let base =
+        target.url.replace("ws://", "http://").split("/ws/").next().unwrap_or_default().to_string();
+    let update = {
+        use yrs::{Text, Transact};
+        let doc = yrs::Doc::new();
+        let text = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        text.push(&mut txn, "a listed document");
+        txn.encode_update_v1()
+    };
+    let started = Instant::now();
+    let gate = Arc::new(Semaphore::new(64));
+    let update = Arc::new(update);
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let (gate, update, base) = (gate.clone(), update.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await;
+            let url = format!("{base}/api/docs/list-{i:06}/update");
+            let headers = [("Content-Type", "application/octet-stream")];
+            crate::http::request(&url, "POST", "HTTP/1.1", &headers, &update)
+                .await
+                .map(|r| r.status)
+        }));
+    }
+    let mut failed = 0u64;
+    for task in tasks {
+        if !matches!(task.await, Ok(Ok(200))) {
+            failed += 1;
+        }
+    }
+    let populate_secs = started.elapsed().as_secs_f64();
+    // Let the rooms the writes loaded unload (the server runs with a short grace).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut next_doc = n / 2;
+    let mut loads = |count: usize| {
+        let docs: Vec<String> = (0..count)
+            .map(|_| {
+                next_doc = (next_doc + 7919) % n;
+                target.room_url(&format!("list-{next_doc:06}"))
+            })
+            .collect();
+        async move {
+            let mut ms = Vec::new();
+            for url in docs {
+                let t = Instant::now();
+                if connect_synced(&url).await.is_ok() {
+                    ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            ms
+        }
+    };
+    let quiet = loads(40).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut listers = Vec::new();
+    for _ in 0..50 {
+        let (stop, base) = (stop.clone(), base.clone());
+        listers.push(tokio::spawn(async move {
+            let mut ms = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                match crate::http::request(
+                    &format!("{base}/api/docs?limit=1000"),
+                    "GET",
+                    "HTTP/1.1",
+                    &[],
+                    b"",
+                )
+                .await
+                {
+                    Ok(r) if r.status == 200 => ms.push(t.elapsed().as_secs_f64() * 1000.0),
+                    _ => {}
+                }
+            }
+            ms
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let busy = loads(40).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut list_ms = Vec::new();
+    for lister in listers {
+        list_ms.extend(lister.await.unwrap_or_default());
+    }
+    let p = |v: &[f64], q: f64| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN)
+    };
+    out.sent = n as u64;
+    out.errors = failed;
+    out.p50_ms = p(&busy, 0.5);
+    out.p99_ms = p(&busy, 0.99);
+    out.max_ms = p(&busy, 1.0);
+    out.note = format!(
+        "{n} documents written in {populate_secs:.1} s; cold room load alone p50 {:.1} ms p99 {:.1} ms; \
+         with 50 clients listing (limit=1000): p50 {:.1} ms p99 {:.1} ms; list calls p50 {:.1} ms p99 {:.1} ms ({} calls)",
+        p(&quiet, 0.5),
+        p(&quiet, 0.99),
+        out.p50_ms,
+        out.p99_ms,
+        p(&list_ms, 0.5),
+        p(&list_ms, 0.99),
+        list_ms.len()
+    );
+    Ok(out)
+}
