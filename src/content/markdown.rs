@@ -532,7 +532,14 @@ mod tests {
     #[test]
     fn markup_characters_in_text_are_escaped() {
         let mut doc = Node::new("doc");
-        for line in ["2 * 3 = 6 and _under_ #1", "<u>not underline</u> & [not](a link)", "# not a heading", "- not a list", "1. not a list", "`not code`"] {
+        for line in [
+            "2 * 3 = 6 and _under_ #1",
+            "<u>not underline</u> & [not](a link)",
+            "# not a heading",
+            "- not a list",
+            "1. not a list",
+            "`not code`",
+        ] {
             let mut p = Node::new("paragraph");
             p.content.push(Node::text(line.to_string(), Vec::new()));
             doc.content.push(p);
