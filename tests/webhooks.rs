@@ -312,3 +312,43 @@ async fn a_receiver_that_never_answers_holds_up_no_editing() {
     assert!(report["receivers"][0]["pending"].as_i64().is_some_and(|p| p >= 20), "{report}");
     assert_eq!(http_get(&server.http("/healthz")).await.0, 200);
 }
+
+#[tokio::test]
+async fn events_owed_to_a_removed_receiver_are_kept_not_sent_until_dropped() {
+    let probe = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let old_url = format!("http://{}/hook", probe.local_addr().expect("addr"));
+    drop(probe); // the old receiver is down
+    let server = start(&old_url, 0, 1000).await;
+    let writer = YClient::join(&server, "scratch").await;
+    let update = writer.insert_offline(0, "x");
+    let url = server.http("/api/docs/kept/update");
+    assert_eq!(http_bytes(&url, "POST", "application/octet-stream", &update).await.status, 200);
+    writer.close().await;
+    let dir = server.stop().await.expect("temp dir");
+    // Restarted with another receiver only: the old events stay, and are not sent to it.
+    let (receiver, new_url) = receiver().await;
+    let server = TestServer::start_in(dir.path(), move |c| {
+        c.webhook_url = vec![new_url];
+        c.webhook_debounce_ms = 0;
+    })
+    .await;
+    sleep(Duration::from_millis(500)).await;
+    assert!(receiver.summary().is_empty(), "{:?}", receiver.summary());
+    let (_, body) = http_get(&server.http("/api/admin/webhooks")).await;
+    let report: Value = serde_json::from_str(&body).expect("json");
+    let old = report["receivers"]
+        .as_array()
+        .and_then(|r| r.iter().find(|s| s["url"] == old_url.as_str()))
+        .unwrap_or_else(|| panic!("old receiver listed: {report}"))
+        .clone();
+    assert_eq!((old["configured"].clone(), old["pending"].clone()), (Value::Bool(false), 2.into()));
+    // An admin drops them.
+    let encoded: String = old_url.bytes().map(|b| format!("%{b:02X}")).collect();
+    let dropped =
+        http(&server.http(&format!("/api/admin/webhooks?url={encoded}")), "DELETE", None).await;
+    assert_eq!(dropped.status, 200, "{}", dropped.text());
+    assert_eq!(serde_json::from_str::<Value>(&dropped.text()).expect("json")["dropped"], 2);
+    let (_, body) = http_get(&server.http("/api/admin/webhooks")).await;
+    assert!(!body.contains(&old_url), "{body}");
+    drop(dir);
+}

@@ -11,7 +11,7 @@ use super::docs::ErrorBody;
 use crate::auth::{Caller, Revocation, RevocationKind};
 use crate::error::Error;
 use crate::http::AppState;
-use crate::store::WebhookStatus;
+use crate::store::{WebhookOutcome, WebhookStatus};
 
 /// Exactly one of the two.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -75,7 +75,8 @@ pub(crate) async fn revoke(
 pub(crate) struct WebhookReport {
     /// This node's name (as in every event it sends).
     node: String,
-    /// Every configured receiver, with what it is owed.
+    /// Every configured receiver, with what it is owed; then any receiver no longer
+    /// configured that is still owed events (kept, not sent).
     receivers: Vec<WebhookStatus>,
     /// Since this process started.
     delivered: u64,
@@ -99,9 +100,10 @@ pub(crate) async fn webhooks(
         .map(|url| url.trim())
         .filter(|url| !url.is_empty())
         .map(|url| match stored.iter().position(|s| s.url == url) {
-            Some(i) => stored.swap_remove(i),
+            Some(i) => stored.remove(i),
             None => WebhookStatus {
                 url: url.to_string(),
+                configured: true,
                 pending: 0,
                 failing: 0,
                 oldest_pending_at: None,
@@ -109,6 +111,10 @@ pub(crate) async fn webhooks(
                 last_error_at: None,
             },
         })
+        .collect::<Vec<_>>()
+        .into_iter()
+        // Receivers no longer configured, whose events are kept but not sent.
+        .chain(stored)
         .collect();
     Ok(Json(WebhookReport {
         node: state.node.clone(),
@@ -116,4 +122,43 @@ pub(crate) async fn webhooks(
         delivered: state.webhooks.delivered.load(Ordering::Relaxed),
         failed_attempts: state.webhooks.failed_attempts.load(Ordering::Relaxed),
     }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct DropParams {
+    /// The receiver whose pending events are dropped.
+    #[param(min_length = 1)]
+    url: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Dropped {
+    url: String,
+    /// Events that were pending for it.
+    dropped: i64,
+}
+
+/// Drops every pending event owed to one receiver (for one that is gone for good; events
+/// of a receiver that is merely down are delivered when it is back).
+#[utoipa::path(delete, path = "/api/admin/webhooks", tag = "admin", params(DropParams),
+    responses((status = 200, body = Dropped), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
+pub(crate) async fn drop_webhooks(
+    State(state): State<AppState>,
+    caller: Caller,
+    super::ApiQuery(params): super::ApiQuery<DropParams>,
+) -> Result<Json<Dropped>, Error> {
+    caller.require_admin()?;
+    let dropped = state
+        .store
+        .webhook_status()
+        .await?
+        .into_iter()
+        .find(|s| s.url == params.url)
+        .map_or(0, |s| s.pending);
+    state.store.record_webhook(WebhookOutcome::Drop { url: params.url.clone() }).await?;
+    let by = caller.identity().map(|id| id.sub.clone()).unwrap_or_default();
+    tracing::warn!(url = %params.url, dropped, by, "dropped pending webhook events");
+    Ok(Json(Dropped { url: params.url, dropped }))
 }

@@ -45,7 +45,7 @@ pub(crate) fn router(body_limit: usize) -> Router<AppState> {
                 .layer(DefaultBodyLimit::max(body_limit)),
         )
         .route("/api/admin/revoke", post(admin::revoke))
-        .route("/api/admin/webhooks", get(admin::webhooks))
+        .route("/api/admin/webhooks", get(admin::webhooks).delete(admin::drop_webhooks))
 }
 
 /// The caller of an HTTP request, from `Authorization: Bearer TOKEN`: 401 for a missing or

@@ -14,7 +14,7 @@ use super::{admin, docs};
     paths(
         docs::list, docs::metadata, docs::delete, docs::get_update, docs::post_update,
         docs::get_content, docs::put_content, docs::post_content, docs::identity,
-        admin::revoke, admin::webhooks,
+        admin::revoke, admin::webhooks, admin::drop_webhooks,
     ),
     components(schemas(crate::content::Format, super::docs::Mode)),
     modifiers(&Bearer),

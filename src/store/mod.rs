@@ -111,12 +111,18 @@ pub(crate) enum WebhookOutcome {
         error: String,
         retry_at: i64,
     },
+    /// Every event owed to this receiver goes (an admin's decision).
+    Drop {
+        url: String,
+    },
 }
 
 /// Per receiver: what is owed, what is failing.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(crate) struct WebhookStatus {
     pub(crate) url: String,
+    /// False for a receiver no longer configured: its events are kept, not sent.
+    pub(crate) configured: bool,
     pub(crate) pending: i64,
     /// Pending events whose last attempt failed.
     pub(crate) failing: i64,

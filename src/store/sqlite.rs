@@ -228,7 +228,7 @@ impl SqliteStore {
         .execute(&mut write_conn)
         .await
         .with_context(|| format!("{} is not writable", db_path.display()))?;
-        drop_unknown_receivers(&mut write_conn, outbox.as_ref()).await?;
+        report_unknown_receivers(&mut write_conn, outbox.as_ref()).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.clone().read_only(true))
@@ -368,19 +368,23 @@ impl SqliteStore {
 
     /// Events that may be delivered now: due, not backing off, and first in line for their
     /// (url, document), so that each receiver sees a document's events in order.
+    /// Events that may be delivered now: due, not backing off, owed to a configured
+    /// receiver, and first in line for their (url, document), so that each receiver sees a
+    /// document's events in order.
     pub(super) async fn webhook_due(&self, now: i64, limit: i64) -> Result<Vec<WebhookEvent>> {
-        let rows = sqlx::query(
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
             "select o.id, o.url, o.doc, o.event, o.seq, o.updated_at, o.attempts
-             from webhook_outbox o
-             where o.due_at <= ?1 and o.retry_at <= ?1
-               and not exists (select 1 from webhook_outbox e
-                               where e.url = o.url and e.doc = o.doc and e.id < o.id)
-             order by o.id limit ?2",
-        )
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.api)
-        .await?;
+             from webhook_outbox o where o.due_at <= ",
+        );
+        query.push_bind(now).push(" and o.retry_at <= ").push_bind(now);
+        self.configured_urls(&mut query);
+        query.push(
+            " and not exists (select 1 from webhook_outbox e
+                              where e.url = o.url and e.doc = o.doc and e.id < o.id)
+             order by o.id limit ",
+        );
+        query.push_bind(limit);
+        let rows = query.build().fetch_all(&self.api).await?;
         let mut events = Vec::with_capacity(rows.len());
         for row in rows {
             events.push(WebhookEvent {
@@ -396,15 +400,28 @@ impl SqliteStore {
         Ok(events)
     }
 
+    /// `and o.url in (…)`: rows owed to receivers no longer configured are kept, never sent.
+    fn configured_urls(&self, query: &mut QueryBuilder<Sqlite>) {
+        query.push(" and o.url in (");
+        let mut list = query.separated(", ");
+        for url in self.shared.outbox.iter().flat_map(|o| o.urls.iter()) {
+            list.push_bind(url.clone());
+        }
+        // `in ()` is valid SQLite (matches nothing): no receivers, nothing due.
+        query.push(")");
+    }
+
     /// When the next deliverable event falls due (ms since the epoch), if any is pending.
     pub(super) async fn webhook_next_due(&self) -> Result<Option<i64>> {
-        let next: Option<i64> = sqlx::query_scalar(
-            "select min(max(o.due_at, o.retry_at)) from webhook_outbox o
-             where not exists (select 1 from webhook_outbox e
-                               where e.url = o.url and e.doc = o.doc and e.id < o.id)",
-        )
-        .fetch_one(&self.api)
-        .await?;
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "select min(max(o.due_at, o.retry_at)) from webhook_outbox o where 1",
+        );
+        self.configured_urls(&mut query);
+        query.push(
+            " and not exists (select 1 from webhook_outbox e
+                              where e.url = o.url and e.doc = o.doc and e.id < o.id)",
+        );
+        let next: Option<i64> = query.build_query_scalar().fetch_one(&self.api).await?;
         Ok(next)
     }
 
@@ -431,7 +448,10 @@ impl SqliteStore {
                 Some((e, at)) => (Some(e), Some(at)),
                 None => (None, None),
             };
+            let configured =
+                self.shared.outbox.as_ref().is_some_and(|o| o.urls.iter().any(|u| *u == url));
             out.push(WebhookStatus {
+                configured,
                 pending: row.try_get(1)?,
                 failing: row.try_get(2)?,
                 oldest_pending_at: row.try_get(3)?,
@@ -923,6 +943,12 @@ async fn record_outcome(
                 .await?;
             }
         }
+        WebhookOutcome::Drop { url } => {
+            sqlx::query("delete from webhook_outbox where url = ?")
+                .bind(url)
+                .execute(&mut *tx)
+                .await?;
+        }
         WebhookOutcome::Failed { id, error, retry_at } => {
             sqlx::query(
                 "update webhook_outbox set attempts = attempts + 1, retry_at = ?, last_error = ?,
@@ -1018,26 +1044,29 @@ fn summary(row: &sqlx::sqlite::SqliteRow) -> Result<DocSummary> {
     })
 }
 
-/// Events owed to receivers that are no longer configured can never be delivered: they go,
-/// with a line in the log saying how many.
-async fn drop_unknown_receivers(
+/// Events owed to receivers that are no longer configured are kept (a URL missing from one
+/// start's environment must not lose them) but not sent; the log says how many, and
+/// `DELETE /api/admin/webhooks?url=` drops them.
+async fn report_unknown_receivers(
     conn: &mut SqliteConnection,
     outbox: Option<&WebhookOutbox>,
 ) -> anyhow::Result<()> {
     let urls: Vec<&str> =
         outbox.map(|o| o.urls.iter().map(String::as_str).collect()).unwrap_or_default();
-    let mut delete: QueryBuilder<Sqlite> = QueryBuilder::new("delete from webhook_outbox");
-    if !urls.is_empty() {
-        delete.push(" where url not in (");
-        let mut list = delete.separated(", ");
-        for url in &urls {
-            list.push_bind(*url);
-        }
-        delete.push(")");
+    let mut count: QueryBuilder<Sqlite> =
+        QueryBuilder::new("select url, count(*) from webhook_outbox where url not in (");
+    let mut list = count.separated(", ");
+    for url in &urls {
+        list.push_bind(*url);
     }
-    let dropped = delete.build().execute(&mut *conn).await?.rows_affected();
-    if dropped > 0 {
-        tracing::warn!(dropped, "dropped webhook events owed to receivers no longer configured");
+    count.push(") group by url");
+    for row in count.build().fetch_all(&mut *conn).await? {
+        let (url, pending): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+        tracing::warn!(
+            url,
+            pending,
+            "webhook events are owed to a receiver that is not configured: kept, not sent (configure it again, or DELETE /api/admin/webhooks?url=)"
+        );
     }
     Ok(())
 }
