@@ -448,8 +448,7 @@ impl SqliteStore {
                 Some((e, at)) => (Some(e), Some(at)),
                 None => (None, None),
             };
-            let configured =
-                self.shared.outbox.as_ref().is_some_and(|o| o.urls.iter().any(|u| *u == url));
+            let configured = self.shared.outbox.as_ref().is_some_and(|o| o.urls.contains(&url));
             out.push(WebhookStatus {
                 configured,
                 pending: row.try_get(1)?,
