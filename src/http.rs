@@ -45,11 +45,10 @@ pub(crate) struct AppState {
 }
 
 pub(crate) fn router(state: AppState) -> Router {
-    let body_limit = state.config.max_message_bytes;
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/ws/{doc}", get(websocket))
-        .merge(crate::api::router(body_limit));
+        .merge(crate::api::router(&state));
     if state.web.enabled() {
         app = app
             .route("/", get(index_page))

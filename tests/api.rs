@@ -261,3 +261,33 @@ async fn the_openapi_description_covers_every_endpoint() {
         }
     }
 }
+
+#[tokio::test]
+async fn browsers_cannot_write_from_another_site() {
+    let server =
+        TestServer::start_with(|c| c.allowed_origins = vec!["https://app.example".into()]).await;
+    let url = server.http("/api/docs/csrf/content?format=text");
+    let from = |site: &'static str, origin: &'static str| {
+        let url = url.clone();
+        async move {
+            let headers =
+                [("Content-Type", "text/plain"), ("Sec-Fetch-Site", site), ("Origin", origin)];
+            common::http_with(&url, "POST", &headers, b"spam").await.status
+        }
+    };
+    assert_eq!(from("cross-site", "https://evil.example").await, 403);
+    assert_eq!(from("same-site", "https://evil.app.example").await, 403);
+    assert_eq!(rows_of(&server, "csrf").await, 0, "nothing stored");
+    let delete = [("Sec-Fetch-Site", "cross-site"), ("Origin", "https://evil.example")];
+    assert_eq!(
+        common::http_with(&server.http("/api/docs/csrf"), "DELETE", &delete, b"").await.status,
+        403
+    );
+    // The listed origin, the server's own pages, and clients that are not browsers may.
+    assert_eq!(from("cross-site", "https://app.example").await, 200);
+    assert_eq!(from("same-origin", "http://whatever").await, 200);
+    assert_eq!(http_bytes(&url, "POST", "text/plain", b"curl").await.status, 200);
+    // Reads are not writes.
+    let read = [("Sec-Fetch-Site", "cross-site"), ("Origin", "https://evil.example")];
+    assert_eq!(common::http_with(&url, "GET", &read, b"").await.status, 200);
+}

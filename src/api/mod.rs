@@ -27,7 +27,8 @@ use crate::auth::Caller;
 use crate::error::Error;
 use crate::http::AppState;
 
-pub(crate) fn router(body_limit: usize) -> Router<AppState> {
+pub(crate) fn router(state: &AppState) -> Router<AppState> {
+    let body_limit = state.config.max_message_bytes;
     Router::new()
         .route("/api/openapi.json", get(openapi::serve))
         .route("/api/docs", get(docs::list))
@@ -46,6 +47,39 @@ pub(crate) fn router(body_limit: usize) -> Router<AppState> {
         )
         .route("/api/admin/revoke", post(admin::revoke))
         .route("/api/admin/webhooks", get(admin::webhooks).delete(admin::drop_webhooks))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), refuse_cross_site_writes))
+}
+
+/// Browsers say where a request comes from (`Sec-Fetch-Site`); a write from another site is
+/// refused unless its `Origin` is in `--allowed-origins`. A cross-site `fetch` with a
+/// `text/plain` body needs no CORS preflight, so without this any page a user visits could
+/// write into (or delete from) a server on their machine running without access control.
+/// Clients that are not browsers send no such header and are not affected.
+async fn refuse_cross_site_writes(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, Error> {
+    use axum::http::Method;
+    let site = request.headers().get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    let write = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if write && matches!(site, Some("cross-site" | "same-site")) {
+        let origin = request
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .map(|o| o.trim_end_matches('/'));
+        let listed = origin.is_some_and(|origin| {
+            state.config.allowed_origins.iter().any(|a| a.trim().trim_end_matches('/') == origin)
+        });
+        if !listed {
+            tracing::info!(?origin, path = %request.uri().path(), "cross-site write refused");
+            return Err(Error::Forbidden(
+                "cross-site request refused (list its origin in --allowed-origins)".into(),
+            ));
+        }
+    }
+    Ok(next.run(request).await)
 }
 
 /// The caller of an HTTP request, from `Authorization: Bearer TOKEN`: 401 for a missing or

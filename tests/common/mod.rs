@@ -569,3 +569,13 @@ impl YClient {
         }
     }
 }
+
+/// A request with exactly these headers and body.
+pub async fn http_with(
+    url: &str,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    http_client::request(url, method, "HTTP/1.1", headers, body).await.expect("http")
+}
