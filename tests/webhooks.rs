@@ -342,6 +342,9 @@ async fn events_owed_to_a_removed_receiver_are_kept_not_sent_until_dropped() {
         .unwrap_or_else(|| panic!("old receiver listed: {report}"))
         .clone();
     assert_eq!((old["configured"].clone(), old["pending"].clone()), (Value::Bool(false), 2.into()));
+    // An empty URL names no receiver: refused, nothing dropped.
+    let empty = http(&server.http("/api/admin/webhooks?url="), "DELETE", None).await;
+    assert_eq!(empty.status, 400, "{}", empty.text());
     // An admin drops them.
     let encoded: String = old_url.bytes().map(|b| format!("%{b:02X}")).collect();
     let dropped =

@@ -205,7 +205,7 @@ pub(crate) async fn get_update(
 ) -> Result<Response, Error> {
     let doc_id = DocId::parse(&doc)?;
     caller.require(&doc_id, Access::Read)?;
-    let sv = match params.sv.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+    let sv = match params.sv.as_deref().filter(|s| !s.is_empty()) {
         None => StateVector::default(),
         Some(text) => {
             let bytes =
