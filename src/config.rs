@@ -55,9 +55,21 @@ pub struct Config {
     #[arg(long, env = "TANDEM_AWARENESS_BATCH_MS", default_value_t = 25)]
     pub awareness_batch_ms: u64,
 
-    /// Frames queued for one peer before it counts as too slow and is closed (1013).
-    #[arg(long, env = "TANDEM_PEER_QUEUE", default_value_t = 1024)]
-    pub peer_queue: usize,
+    /// Bytes of updates and presence waiting for one peer (beyond what its socket took)
+    /// before it counts as too slow and is closed (1013). State replies do not count.
+    #[arg(long, env = "TANDEM_PEER_MAX_QUEUED_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub peer_max_queued_bytes: usize,
+
+    /// Seconds a peer may take no byte at all while frames wait for it before it counts
+    /// as too slow and is closed (1013).
+    #[arg(long, env = "TANDEM_PEER_STALL_SECS", default_value_t = 20.0)]
+    pub peer_stall_secs: f64,
+
+    /// Milliseconds a busy room gathers messages before its next commit and fan-out (one
+    /// commit and one write per peer for all of them); a room that has not flushed for
+    /// this long handles a message at once. 0: no window.
+    #[arg(long, env = "TANDEM_BATCH_MS", default_value_t = 3)]
+    pub batch_ms: u64,
 
     /// Compact a document's log into its snapshot once it holds this many updates.
     #[arg(long, env = "TANDEM_COMPACT_UPDATES", default_value_t = 2000)]
@@ -268,6 +280,11 @@ impl Config {
             .unwrap_or_else(|| "tandem".into());
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         format!("{host}-{}", &suffix[..6])
+    }
+
+    pub fn peer_stall(&self) -> Duration {
+        Duration::try_from_secs_f64(self.peer_stall_secs.clamp(0.05, 1e9))
+            .unwrap_or(Duration::from_secs(20))
     }
 
     pub fn awareness_timeout(&self) -> Duration {

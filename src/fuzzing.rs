@@ -5,13 +5,16 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 
 use crate::auth::Keys;
 use crate::id::{DocId, PeerId};
+use crate::outbox::{Outbox, SlowLimits};
 use crate::protocol::{self, FrameLimits};
 use crate::room::core::{Limits, NewPeer, RoomCore, build_doc};
 use crate::store::{Appended, Loaded};
@@ -37,7 +40,8 @@ pub fn frame_into_room(data: &[u8]) {
     let loaded = seeded();
     let Ok(doc) = build_doc("fuzz", &loaded) else { return };
     let mut core = RoomCore::new(doc, &loaded, Limits::for_tests(), Arc::default());
-    let (tx, mut rx) = mpsc::channel(1024);
+    let outbox = Outbox::detached(SlowLimits { max_bytes: 1 << 30, stall: Duration::from_secs(20) });
+    let tx = outbox.clone();
     let (kick, _kicked) = oneshot::channel();
     let (reply, _joined) = oneshot::channel();
     let peer = PeerId::new();
@@ -58,7 +62,7 @@ pub fn frame_into_room(data: &[u8]) {
         core.committed(Appended { first: 2, last: 1 + n }, bytes);
     }
     core.release();
-    while rx.try_recv().is_ok() {}
+    outbox.take_messages();
     // Oracle: the stored rows rebuild a document with the same state as the room's.
     let rebuilt = build_doc("fuzz", &stored).expect("stored rows always rebuild");
     let (a, b) = (

@@ -30,6 +30,7 @@ pub mod fuzzing;
 mod http;
 mod id;
 mod limit;
+mod outbox;
 pub mod protocol;
 mod room;
 mod rooms;

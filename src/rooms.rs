@@ -11,11 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::colour::ColourBook;
 use crate::error::Error;
 use crate::id::{BrowserId, DocId, PeerId};
+use crate::outbox::Outbox;
 use crate::room::{
     self, Applied, Lease, NewPeer, Origin, Registry, RoomDeps, RoomHandle, RoomMsg, Stats,
 };
@@ -78,14 +79,14 @@ impl Rooms {
         Rooms { inner: Arc::new(inner) }
     }
 
-    /// Joins `doc_id`'s room, loading it if needed. Frames for the peer arrive on `outbox`.
+    /// Joins `doc_id`'s room, loading it if needed. Frames for the peer go out through `outbox`.
     pub(crate) async fn join(
         &self,
         doc_id: &DocId,
         peer: PeerId,
         browser: Option<BrowserId>,
         can_write: bool,
-        outbox: mpsc::Sender<Bytes>,
+        outbox: Outbox,
     ) -> Result<Joined, Error> {
         let mut kick_rx = None;
         let (room, joined) = self

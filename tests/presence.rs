@@ -114,13 +114,13 @@ async fn peer_that_cannot_keep_up_is_closed_not_skipped() {
     // Pings far apart, so that only the full queue can end the sleeper's connection (with
     // 0.5 s pings, the ping timeout raced the queue filling up).
     let server = TestServer::start_with(|c| {
-        c.peer_queue = 32;
+        c.peer_max_queued_bytes = 1 << 20;
         c.ping_interval_secs = 30.0;
     })
     .await;
     let mut writer = YClient::join(&server, "doc").await;
     let mut sleeper = YClient::join(&server, "doc").await;
-    // 64 KiB updates until the sleeper's socket buffers and its 32-frame queue are full;
+    // 64 KiB updates until the sleeper's socket buffers and its 1 MiB allowance are full;
     // the writer keeps reading its echoes, so only the sleeper falls behind.
     let chunk = "x".repeat(64 * 1024);
     for i in 0..300u32 {
@@ -132,4 +132,48 @@ async fn peer_that_cannot_keep_up_is_closed_not_skipped() {
     assert_eq!(code, 1013, "{reason}");
     // The writer was never held up by the sleeper and got every echo.
     assert_eq!(writer.updates_received, 300);
+}
+
+#[tokio::test]
+async fn a_client_that_is_busy_for_a_while_is_not_dropped() {
+    // Defaults: "too slow" is megabytes behind or seconds without progress, not a frame
+    // count (1,024 frames used to close clients that stalled for a fifth of a second).
+    let server = TestServer::start_with(|c| c.max_updates_per_sec = 0.0).await;
+    let mut writer = YClient::join(&server, "doc").await;
+    let mut busy = YClient::join(&server, "doc").await;
+    // 3,000 updates while the busy client reads nothing for 1.5 s.
+    let started = std::time::Instant::now();
+    for i in 0..3000u32 {
+        writer.insert(i, "0123456789abcdef0123456789abcdef").await;
+        if i % 100 == 99 {
+            writer.pump_until(|c| c.updates_received > i as usize).await;
+        }
+    }
+    let pause = Duration::from_millis(1500).saturating_sub(started.elapsed());
+    tokio::time::sleep(pause).await;
+    busy.pump_until(|c| c.updates_received >= 3000).await;
+    assert!(busy.closed.is_none(), "{:?}", busy.closed);
+    assert_eq!(busy.text().len(), 3000 * 32);
+}
+
+#[tokio::test]
+async fn a_client_that_takes_nothing_for_the_stall_limit_is_closed() {
+    // Far below the byte limit, but nothing is taken for a second: closed as too slow.
+    let server = TestServer::start_with(|c| {
+        c.peer_stall_secs = 1.0;
+        c.ping_interval_secs = 30.0;
+    })
+    .await;
+    let mut writer = YClient::join(&server, "doc").await;
+    let mut sleeper = YClient::join(&server, "doc").await;
+    // Enough to fill the sleeper's socket buffers, then a little more that must wait.
+    let chunk = "x".repeat(64 * 1024);
+    for i in 0..200u32 {
+        writer.insert(i, &chunk).await;
+        writer.pump_until(|c| c.updates_received > i as usize).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (code, reason) = sleeper.expect_close().await;
+    assert_eq!(code, 1013, "{reason}");
+    assert_eq!(writer.updates_received, 200);
 }

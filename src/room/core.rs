@@ -12,8 +12,9 @@
 //! handshake, a SyncStep2) are computed at once, from a document that may hold uncommitted
 //! updates, and simply released after them.
 //!
-//! The core never blocks and never awaits: frames go out with `try_send`, and a peer whose
-//! queue is full is disconnected (it resyncs by state vector when it comes back). Silently
+//! The core never blocks and never awaits: frames go out through each peer's `Outbox`
+//! (written into the socket if it takes them, queued otherwise), and a peer too far behind
+//! is disconnected (it resyncs by state vector when it comes back). Silently
 //! skipping a frame would break CRDT sync for that peer, so that is never an option.
 
 use std::collections::HashMap;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{Duration, Instant};
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, TransactionMut};
@@ -32,6 +33,7 @@ use crate::colour::ColourBook;
 use crate::error::Error;
 use crate::id::{BrowserId, PeerId};
 use crate::limit::Bucket;
+use crate::outbox::{Outbox, binary_frames};
 use crate::protocol::{self, Incoming};
 use crate::store::{Appended, Loaded, StoreError};
 
@@ -74,13 +76,13 @@ pub(crate) struct NewPeer {
     pub(crate) browser: Option<BrowserId>,
     /// False for a read-only token: its updates are refused, never applied.
     pub(crate) can_write: bool,
-    pub(crate) outbox: mpsc::Sender<Bytes>,
+    pub(crate) outbox: Outbox,
     /// Where the reason goes when the room closes this peer.
     pub(crate) kick: oneshot::Sender<Error>,
 }
 
 struct Peer {
-    outbox: mpsc::Sender<Bytes>,
+    outbox: Outbox,
     /// Where the reason goes when the room closes this peer; taken when used.
     kick: Option<oneshot::Sender<Error>>,
     browser: Option<BrowserId>,
@@ -419,15 +421,26 @@ impl RoomCore {
             return;
         }
         while !self.out.is_empty() {
+            // Consecutive frames for everyone are encoded once into shared WebSocket frames
+            // and written to each peer in one go; a frame for one peer ends the run.
+            let mut run: Vec<Bytes> = Vec::new();
+            let mut slow: Vec<PeerId> = Vec::new();
             for out in std::mem::take(&mut self.out) {
                 match out {
-                    Out::All(frame) => self.broadcast(frame),
-                    Out::To(peer, frame) => self.send_to(peer, frame),
+                    Out::All(frame) => run.push(frame),
+                    Out::To(peer, frame) => {
+                        self.broadcast(&mut run, &mut slow);
+                        self.send_to(peer, frame, &mut slow);
+                    }
                     Out::Reply(reply, applied) => {
                         let _ = reply.send(Ok(applied));
                     }
                     Out::Call(answer) => answer(),
                 }
+            }
+            self.broadcast(&mut run, &mut slow);
+            for id in slow {
+                self.kick(id, &Error::SlowConsumer);
             }
         }
     }
@@ -686,28 +699,30 @@ impl RoomCore {
         }
     }
 
-    fn broadcast(&mut self, frame: Bytes) {
-        let mut slow = Vec::new();
-        for (id, peer) in &self.peers {
-            match peer.outbox.try_send(frame.clone()) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => slow.push(*id),
-                // The connection ended; its Leave is on the way.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            }
+    /// Sends `run` (taken) to every peer not already found too slow in this release.
+    fn broadcast(&mut self, run: &mut Vec<Bytes>, slow: &mut Vec<PeerId>) {
+        if run.is_empty() {
+            return;
         }
-        for id in slow {
-            self.kick(id, &Error::SlowConsumer);
+        let chunks = binary_frames(run);
+        run.clear();
+        for (id, peer) in &self.peers {
+            if !slow.contains(id) && peer.outbox.push(&chunks, true).is_err() {
+                slow.push(*id);
+            }
         }
     }
 
-    fn send_to(&mut self, peer: PeerId, frame: Bytes) {
-        let full = match self.peers.get(&peer) {
-            Some(p) => matches!(p.outbox.try_send(frame), Err(mpsc::error::TrySendError::Full(_))),
-            None => false,
-        };
-        if full {
-            self.kick(peer, &Error::SlowConsumer);
+    /// A frame for one peer (a reply, a handshake): not counted against its limit, which
+    /// bounds how far it falls behind the others; state replies have their own budget.
+    fn send_to(&mut self, peer: PeerId, frame: Bytes, slow: &mut Vec<PeerId>) {
+        if slow.contains(&peer) {
+            return;
+        }
+        if let Some(p) = self.peers.get(&peer)
+            && p.outbox.push(&binary_frames(&[frame]), false).is_err()
+        {
+            slow.push(peer);
         }
     }
 }
@@ -717,6 +732,7 @@ mod tests {
     use yrs::{GetString, Text};
 
     use super::*;
+    use crate::outbox::SlowLimits;
     use crate::protocol::Incoming;
 
     fn limits(batch_ms: u64) -> Limits {
@@ -730,17 +746,13 @@ mod tests {
 
     struct TestPeer {
         id: PeerId,
-        outbox: mpsc::Receiver<Bytes>,
+        outbox: Outbox,
         kicked: oneshot::Receiver<Error>,
     }
 
     impl TestPeer {
         fn frames(&mut self) -> Vec<Bytes> {
-            let mut frames = Vec::new();
-            while let Ok(frame) = self.outbox.try_recv() {
-                frames.push(frame);
-            }
-            frames
+            self.outbox.take_messages()
         }
 
         fn kick_code(&mut self) -> Option<u16> {
@@ -752,8 +764,11 @@ mod tests {
         join_as(core, queue, true)
     }
 
+    /// `queue`: bytes of updates that may wait for this peer.
     fn join_as(core: &mut RoomCore, queue: usize, can_write: bool) -> TestPeer {
-        let (tx, outbox) = mpsc::channel(queue);
+        let limits = SlowLimits { max_bytes: queue, stall: Duration::from_secs(20) };
+        let outbox = Outbox::detached(limits);
+        let tx = outbox.clone();
         let (kick, kicked) = oneshot::channel();
         let (reply, joined) = oneshot::channel();
         let id = PeerId::new();
@@ -797,8 +812,8 @@ mod tests {
     #[test]
     fn no_frame_is_released_before_its_commit() {
         let mut core = core(25);
-        let mut a = join(&mut core, 16);
-        let mut b = join(&mut core, 16);
+        let mut a = join(&mut core, 1 << 20);
+        let mut b = join(&mut core, 1 << 20);
         core.release();
         a.frames();
         b.frames();
@@ -822,11 +837,11 @@ mod tests {
     fn a_joiner_sees_only_committed_state() {
         let mut core = core(25);
         let mut head = 0;
-        let writer = join(&mut core, 16);
+        let writer = join(&mut core, 1 << 20);
         commit(&mut core, &mut head);
         core.incoming(writer.id, Incoming::Update(edit("draft")));
         // Joins and asks for the document while the update is not yet committed.
-        let mut late = join(&mut core, 16);
+        let mut late = join(&mut core, 1 << 20);
         core.incoming(late.id, Incoming::SyncStep1(StateVector::default()));
         core.release();
         assert!(late.frames().is_empty(), "nothing before the commit");
@@ -840,7 +855,7 @@ mod tests {
     fn writes_from_outside_reply_after_commit_and_refuse_without_kicking() {
         let mut core = core(25);
         let mut head = 0;
-        let mut peer = join(&mut core, 16);
+        let mut peer = join(&mut core, 1 << 20);
         commit(&mut core, &mut head);
         peer.frames();
         let (reply, mut answer) = oneshot::channel();
@@ -863,8 +878,8 @@ mod tests {
     fn an_invalid_update_kicks_its_sender_only() {
         let mut core = core(25);
         let mut head = 0;
-        let mut bad = join(&mut core, 16);
-        let mut good = join(&mut core, 16);
+        let mut bad = join(&mut core, 1 << 20);
+        let mut good = join(&mut core, 1 << 20);
         commit(&mut core, &mut head);
         core.incoming(bad.id, Incoming::Update(Bytes::from_static(&[3, 200, 7, 7, 7, 7, 1, 2])));
         assert_eq!(bad.kick_code(), Some(1007));
@@ -875,13 +890,18 @@ mod tests {
     }
 
     #[test]
-    fn a_full_outbox_closes_that_peer_with_1013() {
+    fn a_peer_too_far_behind_is_closed_with_1013() {
         let mut core = core(25);
         let mut head = 0;
-        let writer = join(&mut core, 64);
-        let mut slow = join(&mut core, 1); // room for its SyncStep1 only
+        let writer = join(&mut core, 1 << 20);
+        let mut slow = join(&mut core, 300); // 300 bytes of updates may wait for it
         commit(&mut core, &mut head);
-        core.incoming(writer.id, Incoming::Update(edit("x")));
+        for _ in 0..2 {
+            core.incoming(writer.id, Incoming::Update(edit("x")));
+            commit(&mut core, &mut head);
+        }
+        assert!(slow.kick_code().is_none(), "a backlog under the limit is fine");
+        core.incoming(writer.id, Incoming::Update(edit(&"y".repeat(300))));
         commit(&mut core, &mut head);
         assert_eq!(slow.kick_code(), Some(1013));
         assert!(core.peers.contains_key(&writer.id) && !core.peers.contains_key(&slow.id));
@@ -891,8 +911,8 @@ mod tests {
     async fn awareness_is_batched_and_a_sweep_never_strands_it() {
         let mut core = core(8000);
         let mut head = 0;
-        let a = join(&mut core, 16);
-        let mut b = join(&mut core, 16);
+        let a = join(&mut core, 1 << 20);
+        let mut b = join(&mut core, 1 << 20);
         commit(&mut core, &mut head);
         b.frames();
         core.incoming(a.id, awareness(7, 1));
@@ -916,9 +936,9 @@ mod tests {
     async fn a_leaving_peer_is_retracted_and_stale_states_are_swept() {
         let mut core = core(25);
         let mut head = 0;
-        let a = join(&mut core, 16);
-        let c = join(&mut core, 16);
-        let mut b = join(&mut core, 16);
+        let a = join(&mut core, 1 << 20);
+        let c = join(&mut core, 1 << 20);
+        let mut b = join(&mut core, 1 << 20);
         core.incoming(a.id, awareness(1, 1));
         core.incoming(c.id, awareness(3, 1));
         core.leave(a.id);
@@ -936,7 +956,7 @@ mod tests {
     fn the_full_state_is_encoded_once_until_the_document_changes() {
         let mut core = core(25);
         let mut head = 0;
-        let writer = join(&mut core, 64);
+        let writer = join(&mut core, 1 << 20);
         core.incoming(writer.id, Incoming::Update(edit("abc")));
         commit(&mut core, &mut head);
         let first = core.sync_step2_for(&StateVector::default());
@@ -951,7 +971,7 @@ mod tests {
     fn a_poisoned_document_is_rebuilt_from_what_was_committed() {
         let mut core = core(25);
         let mut head = 0;
-        let writer = join(&mut core, 64);
+        let writer = join(&mut core, 1 << 20);
         core.incoming(writer.id, Incoming::Update(edit("kept")));
         commit(&mut core, &mut head);
         // yrs does not panic on any input we know of, so the flag is set by hand; the
@@ -982,7 +1002,7 @@ mod tests {
     #[test]
     fn a_failed_room_closes_everyone_and_answers_every_caller() {
         let mut core = core(25);
-        let mut a = join(&mut core, 16);
+        let mut a = join(&mut core, 1 << 20);
         let (reply, mut answer) = oneshot::channel();
         core.apply(edit("x"), reply);
         let rows = core.take_rows().expect("rows");
@@ -997,7 +1017,7 @@ mod tests {
     fn compaction_covers_only_committed_state() {
         let mut core = core(25);
         let mut head = 0;
-        let writer = join(&mut core, 64);
+        let writer = join(&mut core, 1 << 20);
         for i in 0..10 {
             core.incoming(writer.id, Incoming::Update(edit(&i.to_string())));
         }
@@ -1014,8 +1034,8 @@ mod tests {
     fn a_read_only_peers_writes_are_refused_once_and_never_stored() {
         let mut core = core(25);
         let mut head = 0;
-        let mut writer = join(&mut core, 64);
-        let mut reader = join_as(&mut core, 64, false);
+        let mut writer = join(&mut core, 1 << 20);
+        let mut reader = join_as(&mut core, 1 << 20, false);
         commit(&mut core, &mut head);
         writer.frames();
         reader.frames();
@@ -1039,7 +1059,7 @@ mod tests {
         let limits = Limits { max_doc_bytes: 200, ..Limits::for_tests() };
         let mut core = RoomCore::new(Doc::new(), &Loaded::default(), limits, Arc::default());
         let mut head = 0;
-        let mut a = join(&mut core, 64);
+        let mut a = join(&mut core, 1 << 20);
         core.incoming(a.id, Incoming::Update(edit(&"x".repeat(100))));
         assert_eq!(commit(&mut core, &mut head), 1);
         core.incoming(a.id, Incoming::Update(edit(&"y".repeat(100))));

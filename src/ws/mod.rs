@@ -10,33 +10,36 @@
 //! close code (4401/4403): browsers cannot read the HTTP status of a failed upgrade. A
 //! token's expiry and its revocation end the connection the same way.
 //!
-//! The upgrade is done here by hand, rather than with axum's `WebSocketUpgrade`, to get
-//! tokio-tungstenite's stream itself: only that one can send a large message as fragments
-//! (see `write_batch`). Through axum's wrapper, every peer receiving a 20 MiB document would
-//! hold a 20 MiB copy in its write buffer for good.
+//! The upgrade is done here by hand, rather than with axum's `WebSocketUpgrade`, to get the
+//! TCP socket itself back from hyper and split it: tungstenite reads and checks what the
+//! client sends (its read side only), and everything we send goes through the peer's
+//! `Outbox` as ready frames, written by the room straight into the socket (see `outbox`).
+//! Nothing we send is ever copied into a per-connection write buffer, so a 20 MiB document
+//! sent to many peers is one shared buffer, not a copy per peer.
 
 mod guard;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use bytes::{Buf, Bytes};
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -47,6 +50,7 @@ use crate::auth::{Auth, Identity};
 use crate::config::Config;
 use crate::error::{Error, close_code};
 use crate::id::{BrowserId, DocId, PeerId};
+use crate::outbox::{self, DrainEnd, Outbox, SlowLimits};
 use crate::room::RoomMsg;
 use crate::rooms::Rooms;
 
@@ -59,8 +63,6 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_millis(1000);
 /// tungstenite allocates the whole read buffer up front (128 KiB by default), most of an
 /// idle connection's memory; 8 KiB covers typical frames, and bigger ones grow it.
 const READ_BUFFER: usize = 8 * 1024;
-/// Frames are buffered up to this size before a write; we flush after each batch anyway.
-const WRITE_BUFFER: usize = 16 * 1024;
 
 /// What the upgrade request asked for.
 pub(crate) enum Handshake {
@@ -221,16 +223,29 @@ pub(crate) fn upgrade(
     let config = WebSocketConfig::default()
         .max_message_size(Some(deps.config.max_message_bytes))
         .max_frame_size(Some(deps.config.max_message_bytes))
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER);
+        .read_buffer_size(READ_BUFFER);
+    let slow = SlowLimits {
+        max_bytes: deps.config.peer_max_queued_bytes,
+        stall: deps.config.peer_stall(),
+    };
     let upgrade = hyper::upgrade::on(request);
     let tracker = deps.tracker.clone();
     tracker.spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
-                let io = hyper_util::rt::TokioIo::new(upgraded);
-                let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-                run(socket, doc_id, admission, deps).await;
+                // Our accept loop (lib.rs) serves hyper plain TCP streams, so this is one.
+                match upgraded.downcast::<hyper_util::rt::TokioIo<TcpStream>>() {
+                    Ok(parts) => {
+                        let (read, write) = parts.io.into_inner().into_split();
+                        // Bytes hyper read past the request belong to the WebSocket.
+                        let io = ReadSide { prefix: parts.read_buf, read };
+                        let stream =
+                            WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                        let conn = Conn { stream, outbox: Outbox::new(write, slow) };
+                        run(conn, doc_id, admission, deps).await;
+                    }
+                    Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
+                }
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
@@ -253,12 +268,41 @@ pub(crate) fn upgrade(
 /// `Err` when we close it with that error's code and reason.
 type End = Result<String, Error>;
 
-async fn run<S: AsyncRead + AsyncWrite + Unpin>(
-    mut socket: WebSocketStream<S>,
-    doc_id: DocId,
-    admission: Admission,
-    deps: ConnDeps,
-) {
+/// One upgraded connection: what the client sends (checked by tungstenite), and our way
+/// out, shared with the room once joined.
+struct Conn {
+    stream: WebSocketStream<ReadSide>,
+    outbox: Outbox,
+}
+
+impl Conn {
+    /// Sends a close frame after everything queued and waits (at most `wait`) for it to go
+    /// out, then (at most `linger`, and not past `shutdown`) for the client's own Close:
+    /// dropping TCP while the client still writes (pongs, updates) makes the kernel answer
+    /// with a reset, and the client would lose our close frame and its reason.
+    async fn close(&mut self, e: &Error, wait: Duration, linger: Duration, shutdown: &CancellationToken) {
+        self.outbox.seal(Some(outbox::close_frame(e.close_code(), &e.close_reason())));
+        let sent = matches!(timeout(wait, self.outbox.drain()).await, Ok(Ok(())));
+        if sent {
+            let stream = &mut self.stream;
+            let _ = timeout(linger, async {
+                tokio::select! {
+                    _ = async {
+                        while let Some(Ok(msg)) = stream.next().await {
+                            if matches!(msg, Message::Close(_)) {
+                                break;
+                            }
+                        }
+                    } => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            })
+            .await;
+        }
+    }
+}
+
+async fn run(mut conn: Conn, doc_id: DocId, admission: Admission, deps: ConnDeps) {
     let peer = PeerId::new();
     let (identity, can_write, browser) = match admission {
         Admission::Admitted { identity, can_write, browser } => (identity, can_write, browser),
@@ -266,16 +310,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             // Tokens never reach a log; the reason says which check failed.
             tracing::info!(doc = %doc_id, code = e.close_code(), reason = %e, "connection refused");
             // Briefly: a refused client must not hold a connection slot for long.
-            if let Ok(Ok(())) = timeout(REFUSAL_TIMEOUT, socket.send(close(&e))).await {
-                let _ = timeout(REFUSAL_TIMEOUT, async {
-                    while let Some(Ok(msg)) = socket.next().await {
-                        if matches!(msg, Message::Close(_)) {
-                            break;
-                        }
-                    }
-                })
-                .await;
-            }
+            conn.close(&e, REFUSAL_TIMEOUT, REFUSAL_TIMEOUT, &deps.shutdown).await;
             return;
         }
     };
@@ -286,7 +321,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let span = tracing::info_span!("conn", doc = %doc_id, %peer, sub, jti, read_only = !can_write);
     let joining =
         Joining { doc_id: doc_id.clone(), peer, browser, can_write, identity: identity.clone() };
-    run_peer(socket, joining, deps).instrument(span).await
+    run_peer(conn, joining, deps).instrument(span).await
 }
 
 /// Who is joining which document, once admitted.
@@ -308,20 +343,14 @@ fn expiry_instant(exp: u64) -> Instant {
     Instant::now() + left.min(far)
 }
 
-async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
-    socket: WebSocketStream<S>,
-    joining: Joining,
-    deps: ConnDeps,
-) {
+async fn run_peer(mut conn: Conn, joining: Joining, deps: ConnDeps) {
     let ConnDeps { rooms, config, shutdown, auth, .. } = deps;
     let Joining { doc_id, peer, browser, can_write, identity } = joining;
-    let (mut sink, mut stream) = socket.split();
-    let (outbox, mut outbox_rx) = mpsc::channel(config.peer_queue.max(4));
-    let joined = match rooms.join(&doc_id, peer, browser, can_write, outbox).await {
+    let joined = match rooms.join(&doc_id, peer, browser, can_write, conn.outbox.clone()).await {
         Ok(joined) => joined,
         Err(e) => {
             tracing::warn!(code = e.close_code(), reason = %e, "join failed");
-            let _ = sink.send(close(&e)).await;
+            conn.close(&e, CLOSE_TIMEOUT, CLOSE_LINGER, &shutdown).await;
             return;
         }
     };
@@ -335,8 +364,6 @@ async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
-    // A write that takes this long means the peer stopped reading.
-    let write_timeout = ping_interval * 2;
     let mut guard = Guard::new(&config, Instant::now());
     // A token ends the session at its expiry, and at its revocation.
     let expiry = sleep_until_or_never(identity.as_ref().map(|id| expiry_instant(id.exp)));
@@ -349,14 +376,24 @@ async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
         let _ = room.send(RoomMsg::Leave { peer }).await;
         let e = Error::Unauthorized("token revoked".into());
         tracing::info!(code = e.close_code(), reason = %e, "connection closed");
-        let _ = timeout(CLOSE_TIMEOUT, sink.send(close(&e))).await;
+        conn.close(&e, CLOSE_TIMEOUT, CLOSE_LINGER, &shutdown).await;
         return;
     }
+    // Pinned once: every wake-up of this loop polls these futures, it does not rebuild them.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    // The writer finishes what the room could not write at once; it wakes only when a
+    // socket was full, so this loop wakes for what the client sends, not for fan-out.
+    let writer = conn.outbox.clone();
+    let drain = writer.drain();
+    tokio::pin!(drain);
+    let Conn { stream, outbox } = &mut conn;
+    let mut writer_done = false;
 
     let end: End = loop {
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break Err(Error::ShuttingDown),
+            _ = &mut cancelled => break Err(Error::ShuttingDown),
             kicked = &mut kick => break Err(kicked.unwrap_or(Error::RoomGone)),
             _ = &mut expiry => {
                 break Err(Error::Unauthorized("token expired".into()));
@@ -368,14 +405,14 @@ async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
                     break Err(Error::Unauthorized("token revoked".into()));
                 }
             }
-            frame = outbox_rx.recv() => {
-                let Some(frame) = frame else { break Err(Error::RoomGone) };
-                match timeout(write_timeout, write_batch(&mut sink, frame, &mut outbox_rx)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => break Ok(format!("write failed: {e}")),
-                    Err(_) => break Err(Error::SlowConsumer),
+            ended = &mut drain => break {
+                writer_done = true;
+                match ended {
+                Err(DrainEnd::Stalled) => Err(Error::SlowConsumer),
+                Err(DrainEnd::Failed(e)) => Ok(format!("write failed: {e}")),
+                    Ok(()) => Ok("closed".into()),
                 }
-            }
+            },
             msg = stream.next() => {
                 last_heard = Instant::now();
                 match msg {
@@ -389,12 +426,16 @@ async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                     }
                     Some(Ok(Message::Text(_))) => break Err(Error::TextFrame),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Ok(Message::Ping(payload))) => {
+                        // Ordered with the room's frames; control frames do not count.
+                        let _ = outbox.push(&[outbox::pong_frame(&payload)], false);
+                    }
+                    Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Ok(Message::Close(frame))) => {
-                        break Ok(match frame {
-                            Some(f) => format!("client closed ({})", u16::from(f.code)),
-                            None => "client closed".into(),
-                        })
+                        // Answer with the client's own code (RFC 6455 section 5.5.1).
+                        let code = frame.as_ref().map_or(1000, |f| u16::from(f.code));
+                        outbox.seal(Some(outbox::close_frame(code, "")));
+                        break Ok(format!("client closed ({code})"));
                     }
                     Some(Err(e)) => break read_error(e, config.max_message_bytes),
                     None => break Ok("connection dropped".into()),
@@ -404,9 +445,7 @@ async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
                 if last_heard.elapsed() > ping_interval * 2 {
                     break Err(Error::PingTimeout);
                 }
-                if timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await.is_err() {
-                    break Err(Error::SlowConsumer);
-                }
+                let _ = outbox.push(&[outbox::ping_frame()], false);
             }
         }
     };
@@ -416,7 +455,14 @@ async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
     leave_on_unwind.armed = false;
     let _ = room.send(RoomMsg::Leave { peer }).await;
     match end {
-        Ok(reason) => tracing::info!(%reason, "connection closed"),
+        Ok(reason) => {
+            tracing::info!(%reason, "connection closed");
+            // Our answer to the client's Close, if it sent one, goes out briefly.
+            outbox.seal(None);
+            if !writer_done {
+                let _ = timeout(REFUSAL_TIMEOUT, &mut drain).await;
+            }
+        }
         Err(e) => {
             let code = e.close_code();
             if code == close_code::GOING_AWAY {
@@ -425,27 +471,52 @@ async fn run_peer<S: AsyncRead + AsyncWrite + Unpin>(
                 tracing::warn!(code, reason = %e, "connection closed");
             }
             // Best effort: the close frame queues behind whatever the peer has not read yet
-            // (a slow consumer may have megabytes buffered), so give it a while, then drop.
-            if let Ok(Ok(())) = timeout(CLOSE_TIMEOUT, sink.send(close(&e))).await {
-                // Then read until the peer's own Close (briefly, and not during shutdown):
-                // dropping TCP while the peer still writes (pongs, updates) makes the kernel
-                // answer with a reset, and the peer loses our close frame and its reason.
-                let _ = timeout(CLOSE_LINGER, async {
-                    tokio::select! {
-                        _ = async {
-                            while let Some(Ok(msg)) = stream.next().await {
-                                if matches!(msg, Message::Close(_)) {
-                                    break;
-                                }
-                            }
-                        } => {}
-                        _ = shutdown.cancelled() => {}
-                    }
-                })
-                .await;
-                let _ = sink.close().await;
-            }
+            // (a slow consumer may have megabytes queued), so give it a while, then drop.
+            conn.close(&e, CLOSE_TIMEOUT, CLOSE_LINGER, &shutdown).await;
         }
+    }
+}
+
+/// The read side of a connection's socket, for tungstenite. tungstenite also writes its
+/// automatic replies (a pong, the echo of a Close) to its stream; we send those ourselves
+/// through the outbox, in order with the room's frames, so what it writes here is dropped.
+struct ReadSide {
+    /// What hyper had read past the upgrade request.
+    prefix: Bytes,
+    read: OwnedReadHalf,
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ReadSide {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -479,61 +550,6 @@ async fn changed_or_never(
         Some(rx) => rx.changed().await,
         None => std::future::pending().await,
     }
-}
-
-/// Most frames written per flush: under fan-out load one syscall carries many frames.
-const WRITE_BATCH: usize = 64;
-
-/// Messages larger than this go out as WebSocket fragments of this size. tungstenite
-/// copies a whole frame into the connection's write buffer and keeps that capacity for the
-/// connection's life, so one 20 MiB SyncStep2 would pin 20 MiB per peer; fragments keep
-/// the buffer near this size. Every WebSocket client reassembles them.
-const FRAGMENT: usize = 64 * 1024;
-
-/// Writes `first` and whatever else is already queued (up to `WRITE_BATCH`), then flushes
-/// once. Frames stay in order; nothing is waited for that is not already there.
-async fn write_batch<K>(
-    sink: &mut K,
-    first: Bytes,
-    outbox: &mut mpsc::Receiver<Bytes>,
-) -> Result<(), WsError>
-where
-    K: futures_util::Sink<Message, Error = WsError> + Unpin,
-{
-    feed(sink, first).await?;
-    for _ in 1..WRITE_BATCH {
-        match outbox.try_recv() {
-            Ok(frame) => feed(sink, frame).await?,
-            Err(_) => break,
-        }
-    }
-    sink.flush().await
-}
-
-async fn feed<K>(sink: &mut K, message: Bytes) -> Result<(), WsError>
-where
-    K: futures_util::Sink<Message, Error = WsError> + Unpin,
-{
-    if message.len() <= FRAGMENT {
-        return sink.feed(Message::Binary(message)).await;
-    }
-    let mut start = 0;
-    while start < message.len() {
-        let end = (start + FRAGMENT).min(message.len());
-        let opcode = if start == 0 { Data::Binary } else { Data::Continue };
-        let frame =
-            Frame::message(message.slice(start..end), OpCode::Data(opcode), end == message.len());
-        sink.feed(Message::Frame(frame)).await?;
-        start = end;
-    }
-    Ok(())
-}
-
-fn close(e: &Error) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: e.close_code().into(),
-        reason: e.close_reason().into(),
-    }))
 }
 
 fn read_error(e: WsError, limit: usize) -> End {
