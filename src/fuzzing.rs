@@ -40,7 +40,8 @@ pub fn frame_into_room(data: &[u8]) {
     let loaded = seeded();
     let Ok(doc) = build_doc("fuzz", &loaded) else { return };
     let mut core = RoomCore::new(doc, &loaded, Limits::for_tests(), Arc::default());
-    let outbox = Outbox::detached(SlowLimits { max_bytes: 1 << 30, stall: Duration::from_secs(20) });
+    let outbox =
+        Outbox::detached(SlowLimits { max_bytes: 1 << 30, stall: Duration::from_secs(20) });
     let tx = outbox.clone();
     let (kick, _kicked) = oneshot::channel();
     let (reply, _joined) = oneshot::channel();

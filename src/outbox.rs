@@ -235,7 +235,8 @@ impl Outbox {
                         state.draining = false;
                         break;
                     }
-                    let slices = state.queue.iter().take(IOV_MAX).map(|c| c.bytes.clone()).collect();
+                    let slices =
+                        state.queue.iter().take(IOV_MAX).map(|c| c.bytes.clone()).collect();
                     // Once sealed, the closing connection bounds the wait itself.
                     let allowance = if state.sealed { FOREVER } else { stall };
                     (slices, state.progress + allowance)
@@ -448,8 +449,10 @@ mod tests {
 
     #[test]
     fn frames_round_trip_at_every_length_encoding() {
-        let messages: Vec<Bytes> =
-            [0usize, 1, 125, 126, 65_535, 65_536, 100_000].iter().map(|n| Bytes::from(vec![7u8; *n])).collect();
+        let messages: Vec<Bytes> = [0usize, 1, 125, 126, 65_535, 65_536, 100_000]
+            .iter()
+            .map(|n| Bytes::from(vec![7u8; *n]))
+            .collect();
         let outbox = Outbox::detached(limits(1 << 30));
         outbox.push(&binary_frames(&messages), true).expect("room");
         assert_eq!(outbox.take_messages(), messages);

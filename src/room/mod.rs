@@ -201,7 +201,16 @@ async fn run(
         ms = started.elapsed().as_millis() as u64,
         "room loaded"
     );
-    let room = Room { core, lease, store: deps.store, config: deps.config, deleted: None };
+    let batch_window = Duration::from_millis(deps.config.batch_ms);
+    let room = Room {
+        core,
+        lease,
+        store: deps.store,
+        config: deps.config,
+        deleted: None,
+        batch_window,
+        last_flush: None,
+    };
     room.run(inbox, deps.shutdown).await;
 }
 
@@ -238,6 +247,9 @@ struct Room {
     /// Set once the document is deleted: answered after the room has left the registry,
     /// so a client that connects after the answer gets a fresh, empty document.
     deleted: Option<(oneshot::Sender<Result<bool, Error>>, bool)>,
+    /// `--batch-ms`, and when the room last had something to commit or send.
+    batch_window: Duration,
+    last_flush: Option<Instant>,
 }
 
 impl Room {
@@ -260,6 +272,7 @@ impl Room {
                     if n == 0 {
                         break Ok("registry dropped");
                     }
+                    self.gather(&mut inbox, &mut batch).await;
                     let step = self.handle_batch(&mut batch).await;
                     if !self.core.is_empty() {
                         idle_since = Instant::now();
@@ -327,6 +340,23 @@ impl Room {
         }
         // Joins that raced with the unload get their reply dropped; they retry on a new room.
         drop(inbox);
+    }
+
+    /// The batch window: a room that flushed less than `--batch-ms` ago gathers what
+    /// arrives until the window ends (or the batch is full), so that a busy room pays one
+    /// commit and one write per peer for many messages. A quiet room starts at once.
+    async fn gather(&mut self, inbox: &mut mpsc::Receiver<RoomMsg>, batch: &mut Vec<RoomMsg>) {
+        let Some(until) = self.last_flush.map(|at| at + self.batch_window) else { return };
+        if self.batch_window.is_zero() || Instant::now() >= until {
+            return;
+        }
+        while batch.len() < BATCH {
+            tokio::select! {
+                biased;
+                n = inbox.recv_many(batch, BATCH - batch.len()) => if n == 0 { return },
+                _ = sleep_until(until) => return,
+            }
+        }
     }
 
     async fn handle_batch(&mut self, batch: &mut Vec<RoomMsg>) -> Result<(), Error> {
@@ -398,6 +428,9 @@ impl Room {
 
     /// Commits what the core queued, then lets it release what waited for the commit.
     async fn flush(&mut self) -> Result<(), Error> {
+        if self.core.has_pending() {
+            self.last_flush = Some(Instant::now());
+        }
         if let Some(rows) = self.core.take_rows() {
             let bytes: u64 = rows.iter().map(|r| r.len() as u64).sum();
             let appended = self.store.append(&self.lease.doc_id, rows).await?;

@@ -280,7 +280,13 @@ impl Conn {
     /// out, then (at most `linger`, and not past `shutdown`) for the client's own Close:
     /// dropping TCP while the client still writes (pongs, updates) makes the kernel answer
     /// with a reset, and the client would lose our close frame and its reason.
-    async fn close(&mut self, e: &Error, wait: Duration, linger: Duration, shutdown: &CancellationToken) {
+    async fn close(
+        &mut self,
+        e: &Error,
+        wait: Duration,
+        linger: Duration,
+        shutdown: &CancellationToken,
+    ) {
         self.outbox.seal(Some(outbox::close_frame(e.close_code(), &e.close_reason())));
         let sent = matches!(timeout(wait, self.outbox.drain()).await, Ok(Ok(())));
         if sent {
