@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The full comparison: the same workloads, in one run, against Tandem (release), the
-# reference Node server (@y/websocket-server), y-sweet, and the bare-relay ceiling, each
+# reference Node server (@y/websocket-server, in memory and with its LevelDB persistence),
+# Hocuspocus (in memory and with its SQLite extension), y-sweet, and the bare-relay ceiling, each
 # started fresh on loopback for every workload. Writes bench-results/<stamp>/ with the raw
 # JSON lines, versions and report.md (the tables that go into BENCHMARKS.md).
 #
 #   bench/compare.sh                      # everything, full sizes (~15 min on 2 cores)
 #   SCALE=0.2 SECS=5 bench/compare.sh     # smaller and quicker
 #   SERVERS="tandem relay" bench/compare.sh
-#   (servers: tandem, tandem-normal (--sync normal), baseline, node, ysweet, relay)
+#   (servers: tandem, tandem-normal (--sync normal), baseline, node, node-leveldb,
+#    hocuspocus, hocuspocus-sqlite, ysweet, relay)
 #   BASELINE_BIN=path/to/older/tandem SERVERS="tandem baseline node" bench/compare.sh
 #                                         # before/after figures in the same run
 #
@@ -21,8 +23,8 @@ cd "$(dirname "$0")/.."
 
 SCALE=${SCALE:-1}
 SECS=${SECS:-10}
-WORKLOADS=${WORKLOADS:-fanout,fanout-max,fanout-wide,typing,rooms,presence,idle,storm,durable}
-SERVERS=${SERVERS:-tandem node ysweet relay}
+WORKLOADS=${WORKLOADS:-fanout,fanout-max,fanout-wide,typing,rooms,presence,idle,storm,durable,bigdoc}
+SERVERS=${SERVERS:-tandem node node-leveldb hocuspocus hocuspocus-sqlite ysweet relay}
 out="bench-results/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
 json="$out/results.jsonl"
@@ -41,30 +43,44 @@ fi
   echo "kernel: $(uname -r)"
   echo "tandem: $(git rev-parse --short HEAD) (release build, --sync full)"
   [ -n "${BASELINE_BIN:-}" ] && echo "baseline: $BASELINE_BIN (an earlier tandem build, same settings)"
-  echo "node: $(node --version), @y/websocket-server $(node -p "require('./bench/node/node_modules/@y/websocket-server/package.json').version") (in-memory, no persistence)"
+  echo "node: $(node --version), @y/websocket-server $(node -p "require('./bench/node/node_modules/@y/websocket-server/package.json').version") (node: in memory; node-leveldb: YPERSISTENCE, y-leveldb $(node -p "require('./bench/node/node_modules/y-leveldb/package.json').version"))"
+  echo "hocuspocus: @hocuspocus/server $(node -p "require('./bench/node/node_modules/@hocuspocus/server/package.json').version") (hocuspocus: in memory; hocuspocus-sqlite: @hocuspocus/extension-sqlite, its default debounce 2 s / max 10 s)"
   [ -x bench/.tools/bin/y-sweet ] && echo "y-sweet: $(cargo install --list --root bench/.tools | grep -m1 '^y-sweet') (local directory store)"
   echo "scale: $SCALE, sending window: ${SECS}s"
 } | tee "$out/versions.txt"
 
 PORT=18400
 PID=""
-start() { # label -> sets URL, PID, EXTRA
+start() { # label [tandem flags...] -> sets URL, PID, EXTRA
   local label=$1 data="$out/data-$1-$RANDOM"
+  shift
   PORT=$((PORT + 1))
   EXTRA=()
   case $label in
     baseline)
-      "$BASELINE_BIN" --listen "127.0.0.1:$PORT" --data-dir "$data" --web-dir= >"$out/$label.log" 2>&1 &
+      "$BASELINE_BIN" --listen "127.0.0.1:$PORT" --data-dir "$data" --web-dir= "$@" >"$out/$label.log" 2>&1 &
       URL="ws://127.0.0.1:$PORT/ws/{room}" ;;
     tandem-normal)
-      target/release/tandem --listen "127.0.0.1:$PORT" --data-dir "$data" --web-dir= --sync normal >"$out/$label.log" 2>&1 &
+      target/release/tandem --listen "127.0.0.1:$PORT" --data-dir "$data" --web-dir= --sync normal "$@" >"$out/$label.log" 2>&1 &
       URL="ws://127.0.0.1:$PORT/ws/{room}" ;;
     tandem)
-      target/release/tandem --listen "127.0.0.1:$PORT" --data-dir "$data" --web-dir= >"$out/$label.log" 2>&1 &
+      target/release/tandem --listen "127.0.0.1:$PORT" --data-dir "$data" --web-dir= "$@" >"$out/$label.log" 2>&1 &
       URL="ws://127.0.0.1:$PORT/ws/{room}" ;;
     node)
       HOST=127.0.0.1 PORT=$PORT node bench/node/node_modules/@y/websocket-server/src/server.js >"$out/$label.log" 2>&1 &
       URL="ws://127.0.0.1:$PORT/{room}" ;;
+    node-leveldb)
+      HOST=127.0.0.1 PORT=$PORT YPERSISTENCE="$data" node bench/node/node_modules/@y/websocket-server/src/server.js >"$out/$label.log" 2>&1 &
+      URL="ws://127.0.0.1:$PORT/{room}" ;;
+    hocuspocus)
+      HOST=127.0.0.1 PORT=$PORT node bench/node/hocuspocus.mjs >"$out/$label.log" 2>&1 &
+      URL="ws://127.0.0.1:$PORT/{room}"
+      EXTRA=(--framing hocuspocus) ;;
+    hocuspocus-sqlite)
+      mkdir -p "$data"
+      HOST=127.0.0.1 PORT=$PORT HP_SQLITE="$data/hocuspocus.sqlite" node bench/node/hocuspocus.mjs >"$out/$label.log" 2>&1 &
+      URL="ws://127.0.0.1:$PORT/{room}"
+      EXTRA=(--framing hocuspocus) ;;
     ysweet)
       mkdir -p "$data"
       bench/.tools/bin/y-sweet serve "$data" --host 127.0.0.1 --port "$PORT" >"$out/$label.log" 2>&1 &
@@ -87,9 +103,18 @@ IFS=, read -ra LIST <<<"$WORKLOADS"
 for workload in "${LIST[@]}"; do
   for server in $SERVERS; do
     # The relay keeps no documents: a join storm or durability figure means nothing there.
-    if [ "$server" = relay ] && [[ "$workload" == storm || "$workload" == durable ]]; then continue; fi
+    # The storm and durable workloads fill a document by waiting for echoes, which only
+    # Tandem sends (it echoes after the commit); the large-document workload is Tandem's own.
+    case "$server:$workload" in
+      relay:storm | relay:durable) continue ;;
+      hocuspocus*:storm | hocuspocus*:durable | hocuspocus*:bigdoc) continue ;;
+      node*:bigdoc | ysweet:bigdoc | relay:bigdoc) continue ;;
+    esac
     echo "== $workload on $server"
-    start "$server"
+    flags=()
+    # A small compaction threshold, so the large document is compacted early (issue #8).
+    [ "$workload" = bigdoc ] && flags=(--compact-bytes 4000000)
+    start "$server" "${flags[@]}"
     $BENCH run --label "$server" --url "$URL" --pid "$PID" "${EXTRA[@]}" \
       --workloads "$workload" --scale "$SCALE" --secs "$SECS" --json "$json" >/dev/null || true
     stop

@@ -7,8 +7,8 @@
 //! in its text, which observers find in the raw frame without decoding it. Any server that
 //! relays the update's content (as is or re-encoded) keeps the marker intact.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -161,6 +161,63 @@ pub(crate) fn encode_frames(kind: Kind, w: usize, n: usize, update_bytes: usize)
     }
 }
 
+/// How messages travel: y-websocket's (one document per connection) or Hocuspocus's.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub(crate) enum Framing {
+    Yws,
+    Hocuspocus,
+}
+
+static FRAMING: OnceLock<Framing> = OnceLock::new();
+
+pub(crate) fn set_framing(framing: Framing) {
+    let _ = FRAMING.set(framing);
+}
+
+fn framing() -> Framing {
+    FRAMING.get().copied().unwrap_or(Framing::Yws)
+}
+
+/// A y-websocket message as sent for `doc`: Hocuspocus puts the document's name (a lib0
+/// varString) before every message.
+pub(crate) fn wrap(doc: &str, message: &[u8]) -> Bytes {
+    if framing() == Framing::Yws {
+        return Bytes::copy_from_slice(message);
+    }
+    let mut out = Vec::with_capacity(doc.len() + message.len() + 5);
+    let mut n = doc.len();
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out.extend_from_slice(doc.as_bytes());
+    out.extend_from_slice(message);
+    out.into()
+}
+
+/// The y-websocket message inside a received frame.
+pub(crate) fn unwrap(frame: &[u8]) -> &[u8] {
+    if framing() == Framing::Yws {
+        return frame;
+    }
+    let (mut len, mut shift, mut i) = (0usize, 0, 0);
+    while let Some(b) = frame.get(i) {
+        len |= ((b & 0x7f) as usize) << shift;
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    frame.get(i + len..).unwrap_or(&[])
+}
+
+/// The document a URL names (its last path segment).
+fn doc_of(url: &str) -> &str {
+    url.rsplit('/').next().unwrap_or(url)
+}
+
 /// Empty state vector SyncStep1: "send me everything".
 pub(crate) const EMPTY_STEP1: [u8; 4] = [0, 0, 1, 0];
 
@@ -180,10 +237,15 @@ pub(crate) async fn connect_synced(url: &str) -> anyhow::Result<(Socket, usize)>
         .max_frame_size(None);
     let (mut socket, _) =
         tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
-    socket.send(Message::Binary(Bytes::from_static(&EMPTY_STEP1))).await?;
+    let doc = doc_of(url);
+    if framing() == Framing::Hocuspocus {
+        // Auth (2), token (0), an empty token: Hocuspocus without an auth hook takes it.
+        socket.send(Message::Binary(wrap(doc, &[2, 0, 0]))).await?;
+    }
+    socket.send(Message::Binary(wrap(doc, &EMPTY_STEP1))).await?;
     loop {
         match tokio::time::timeout(Duration::from_secs(60), socket.next()).await {
-            Ok(Some(Ok(Message::Binary(frame)))) if is_step2(&frame) => {
+            Ok(Some(Ok(Message::Binary(frame)))) if is_step2(unwrap(&frame)) => {
                 return Ok((socket, frame.len()));
             }
             Ok(Some(Ok(_))) => {}
@@ -198,7 +260,11 @@ pub(crate) async fn run(target: &Target, spec: &Spec) -> anyhow::Result<Outcome>
     let n_writers = spec.rooms * spec.writers_per_room;
     let per_writer = (spec.rate * spec.duration.as_secs_f64()).round().max(1.0) as usize;
     let frames: Vec<Arc<Vec<Bytes>>> = (0..n_writers)
-        .map(|w| Arc::new(encode_frames(spec.kind, w, per_writer, spec.update_bytes)))
+        .map(|w| {
+            let room = room_name(&spec.name, w / spec.writers_per_room.max(1));
+            let frames = encode_frames(spec.kind, w, per_writer, spec.update_bytes);
+            Arc::new(frames.iter().map(|f| wrap(&room, f)).collect())
+        })
         .collect();
     let shared = Arc::new(Shared {
         start: Instant::now(),

@@ -42,7 +42,7 @@ enum Command {
         /// y-sweet: create each document at this HTTP base first.
         #[arg(long)]
         ysweet: Option<String>,
-        /// Comma-separated: fanout,fanout-max,fanout-wide,typing,rooms,presence,idle,storm,durable,populate,cold,list
+        /// Comma-separated: fanout,fanout-max,fanout-wide,typing,rooms,presence,idle,storm,durable,populate,cold,list,bigdoc
         #[arg(long, default_value = "fanout,fanout-wide,typing,rooms,presence")]
         workloads: String,
         /// Multiplies client and room counts (1.0 = the sizes in BENCHMARKS.md).
@@ -57,6 +57,11 @@ enum Command {
         /// Label for the cold-load figure (e.g. "cold-load, log only").
         #[arg(long, default_value = "cold-load")]
         cold_label: String,
+        /// The wire format: `yws` (y-websocket: one document per connection, named in the
+        /// URL) or `hocuspocus` (the document's name before every message, an auth message
+        /// first).
+        #[arg(long, value_enum, default_value_t = load::Framing::Yws)]
+        framing: load::Framing,
     },
     /// The ceiling: a bare WebSocket relay without CRDT or storage.
     Relay {
@@ -85,7 +90,19 @@ async fn main() -> anyhow::Result<()> {
             emit(&results, json.as_ref())
         }
         Command::Report { files } => report(&files),
-        Command::Run { label, url, pid, ysweet, workloads, scale, secs, json, cold_label } => {
+        Command::Run {
+            label,
+            url,
+            pid,
+            ysweet,
+            workloads,
+            scale,
+            secs,
+            json,
+            cold_label,
+            framing,
+        } => {
+            load::set_framing(framing);
             let target = Target { label, url, ysweet, pid };
             let n = |x: usize| ((x as f64 * scale).round() as usize).max(2);
             let duration = Duration::from_secs_f64(secs);
@@ -128,6 +145,11 @@ async fn main() -> anyhow::Result<()> {
                         load::run(&target, &spec("presence", 1, c, c, 1.0, Kind::Awareness)).await
                     }
                     "idle" => special::idle(&target, n(1000), 10).await,
+                    "bigdoc" => {
+                        let mb = ((32.0 * scale).ceil() as usize).max(1);
+                        let rooms = spec("bigdoc", 10, 2, 2, 10.0, Kind::Doc);
+                        special::big_document(&target, mb, rooms).await
+                    }
                     "storm" => {
                         special::join_storm(
                             &target,
@@ -189,6 +211,10 @@ fn title(workload: &str, scale: f64) -> String {
         "storm" => format!("6. join storm: {} clients join a large document at once", n(150)),
         "durable" => "7b. durable throughput: one room, one writer, 256 in flight".into(),
         "populate" => "7a. populate: writing the log for the cold load".into(),
+        "bigdoc" => format!(
+            "9. rooms beside a large document: 10 rooms x 2 clients x 10 updates/s, one {} MiB document appended to",
+            ((32.0 * scale).ceil() as usize).max(1)
+        ),
         "list" => {
             format!("8. listing beside room loads: {} documents, 50 listing clients", n(100_000))
         }

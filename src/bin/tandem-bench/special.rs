@@ -391,3 +391,57 @@ pub(crate) async fn list_vs_load(target: &Target, n: usize) -> anyhow::Result<Ou
     );
     Ok(out)
 }
+
+/// Issue #8, defect 1: ten 2-client rooms typing (10 updates/s per client) beside one
+/// document grown to `mb` MiB that a client keeps appending to (every 5 ms); the same rooms
+/// alone first, in the same run. Other rooms' latency must not depend on any document's size
+/// (start the server with a small `--compact-bytes` so the large one gets compacted early).
+pub(crate) async fn big_document(
+    target: &Target,
+    mb: usize,
+    rooms: crate::load::Spec,
+) -> anyhow::Result<Outcome> {
+    let alone = crate::load::run(
+        target,
+        &crate::load::Spec { name: "bigdoc-alone".into(), ..rooms.clone() },
+    )
+    .await?;
+    let big = target.room_url(&room_name("bigdoc-big", 0));
+    let grow_started = Instant::now();
+    populate(&big, mb, 1024 * 1024).await?;
+    let grew = grow_started.elapsed().as_secs_f64();
+    // Let the first compactions of the large document finish before measuring.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (socket, _) = connect_synced(&big).await?;
+    let (mut sink, mut stream) = socket.split();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let appends = encode_frames(Kind::Doc, 1, 100_000, 16);
+    let appender = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut sent = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && sent < appends.len() {
+                if sink.send(Message::Binary(appends[sent].clone())).await.is_err() {
+                    break;
+                }
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sent
+        })
+    };
+    let reader = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+    let mut beside = crate::load::run(target, &rooms).await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let appended = appender.await.unwrap_or(0);
+    reader.abort();
+    beside.note = format!(
+        "the same rooms alone: p50 {:.2} ms, p99 {:.2} ms; beside a {mb} MiB document (grown in {grew:.1} s) receiving {appended} appends: p50 {:.2} ms, p99 {:.2} ms ({:.2}x the p99 alone)",
+        alone.p50_ms,
+        alone.p99_ms,
+        beside.p50_ms,
+        beside.p99_ms,
+        beside.p99_ms / alone.p99_ms.max(0.001)
+    );
+    Ok(beside)
+}
