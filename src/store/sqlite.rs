@@ -664,6 +664,11 @@ async fn write_all(
     heads: &mut Heads,
     outbox: Option<&WebhookOutbox>,
 ) -> Result<(Vec<Done>, bool)> {
+    if outbox.is_none()
+        && let Some(plan) = plan_appends(jobs, heads)
+    {
+        return write_appends(conn, plan, heads).await;
+    }
     sqlx::query("begin immediate").execute(&mut *conn).await?;
     match write_jobs(conn, jobs, heads, outbox).await {
         Ok(written) => {
@@ -682,6 +687,82 @@ async fn write_all(
             Err(e)
         }
     }
+}
+
+/// A group of appends only, to documents whose heads are remembered: the common case, which
+/// goes to SQLite in one round trip (`write_appends`).
+struct AppendPlan<'a> {
+    /// Per document: its name, its head after this group, and the bytes added.
+    heads: Vec<(&'a str, i64, i64)>,
+    rows: Vec<(&'a str, i64, &'a [u8])>,
+    done: Vec<Done>,
+}
+
+fn plan_appends<'a>(jobs: &'a [Job], heads: &Heads) -> Option<AppendPlan<'a>> {
+    let mut plan = AppendPlan { heads: Vec::new(), rows: Vec::new(), done: Vec::new() };
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for job in jobs {
+        let Job::Append { doc, updates, .. } = job else { return None };
+        let doc = doc.as_str();
+        let i = match index.get(doc) {
+            Some(i) => *i,
+            None => {
+                let head = *heads.0.get(doc)?;
+                plan.heads.push((doc, head, 0));
+                index.insert(doc, plan.heads.len() - 1);
+                plan.heads.len() - 1
+            }
+        };
+        let entry = &mut plan.heads[i];
+        let first = entry.1 + 1;
+        let last = entry.1.checked_add(updates.len() as i64).filter(|h| *h <= MAX_SEQ)?;
+        plan.rows.extend(updates.iter().zip(first..).map(|(u, seq)| (doc, seq, u.as_ref())));
+        entry.1 = last;
+        entry.2 += updates.iter().map(|u| u.len() as i64).sum::<i64>();
+        plan.done.push(Done::Appended(Appended { first, last }));
+    }
+    Some(plan)
+}
+
+/// The whole transaction as one multi-statement query: every statement sqlx runs is a round
+/// trip to its SQLite worker thread (a wake-up each way), and a group commit used to be four
+/// (begin, heads, rows, commit). The heads upsert is the same as in `write_jobs`.
+async fn write_appends(
+    conn: &mut SqliteConnection,
+    plan: AppendPlan<'_>,
+    heads: &mut Heads,
+) -> Result<(Vec<Done>, bool)> {
+    let now = now_millis();
+    let mut query: QueryBuilder<Sqlite> = QueryBuilder::new("begin immediate; ");
+    for chunk in plan.heads.chunks(ROWS_PER_INSERT) {
+        query.push("insert into heads (doc, head, created_at, updated_at, bytes) ");
+        query.push_values(chunk, |mut row, (doc, head, bytes)| {
+            row.push_bind(*doc).push_bind(*head).push_bind(now).push_bind(now).push_bind(*bytes);
+        });
+        query.push(
+            " on conflict (doc) do update set head = excluded.head,
+               updated_at = excluded.updated_at, bytes = heads.bytes + excluded.bytes; ",
+        );
+    }
+    for chunk in plan.rows.chunks(ROWS_PER_INSERT) {
+        query.push("insert into updates (doc, seq, data) ");
+        query.push_values(chunk, |mut row, (doc, seq, data)| {
+            row.push_bind(*doc).push_bind(*seq).push_bind(*data);
+        });
+        query.push("; ");
+    }
+    query.push("commit");
+    if let Err(e) = query.build().execute(&mut *conn).await {
+        // Whatever statement failed, the transaction may still be open.
+        let _ = sqlx::query("rollback").execute(&mut *conn).await;
+        // Read these heads afresh next time.
+        for (doc, _, _) in &plan.heads {
+            heads.0.remove(*doc);
+        }
+        return Err(e.into());
+    }
+    heads.remember(plan.heads.iter().map(|(doc, head, _)| (doc.to_string(), *head)).collect());
+    Ok((plan.done, false))
 }
 
 /// Writes a group of jobs with as few statements as possible: every sqlx statement is a
@@ -1176,6 +1257,42 @@ mod tests {
         assert_eq!(store.split_groups(), 1, "the group was split and retried");
         assert_eq!(store.load(&good).await.expect("load").tail, vec![b"kept".to_vec()]);
         assert!(store.health().await.is_ok(), "one document's problem is not the store's");
+        drop(store);
+        writer.await.expect("writer");
+    }
+
+    #[tokio::test]
+    async fn a_one_statement_commit_that_fails_is_rolled_back_whole() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (store, writer) =
+            SqliteStore::open(tmp.path(), SyncMode::Normal, None).await.expect("open");
+        let writer = tokio::spawn(writer);
+        let (a, b) = (doc("a"), doc("b"));
+        // The first append reads the head; the second goes the one-statement way.
+        store.append(&a, vec![bytes("1")]).await.expect("first");
+        assert_eq!(store.append(&a, vec![bytes("2")]).await.expect("second").last, 2);
+        // A row the writer does not know of takes seq 4: the next group (seqs 3 and 4)
+        // fails on its second row, after its heads upsert and first row were executed.
+        let mut conn = raw(tmp.path()).await;
+        sqlx::query("insert into updates (doc, seq, data) values ('a', 4, x'00')")
+            .execute(&mut conn)
+            .await
+            .expect("sneak a row in");
+        assert!(store.append(&a, vec![bytes("3"), bytes("4")]).await.is_err());
+        // Nothing of it stayed, and the connection is not left inside a transaction.
+        let head: i64 = sqlx::query_scalar("select head from heads where doc = 'a'")
+            .fetch_one(&mut conn)
+            .await
+            .expect("head");
+        assert_eq!(head, 2);
+        let rows: i64 = sqlx::query_scalar("select count(*) from updates where doc = 'a'")
+            .fetch_one(&mut conn)
+            .await
+            .expect("rows");
+        assert_eq!(rows, 3, "seqs 1, 2 and the sneaked 4");
+        store.append(&b, vec![bytes("b")]).await.expect("the store carries on");
+        assert_eq!(store.append(&b, vec![bytes("b2")]).await.expect("one statement").last, 2);
+        drop(conn);
         drop(store);
         writer.await.expect("writer");
     }
