@@ -8,7 +8,8 @@
 #   bench/compare.sh                      # everything, full sizes (~15 min on 2 cores)
 #   SCALE=0.2 SECS=5 bench/compare.sh     # smaller and quicker
 #   SERVERS="tandem relay" bench/compare.sh
-#   (servers: tandem, tandem-normal (--sync normal), baseline, node, node-leveldb,
+#   EXTRAS=0 ...                          # skip the cold-load, listing and SQLite-ceiling runs
+#   (servers: tandem, tandem-normal (--sync normal), tandem-linger (--commit-linger-ms 1.5), baseline, node, node-leveldb,
 #    hocuspocus, hocuspocus-sqlite, ysweet, relay)
 #   BASELINE_BIN=path/to/older/tandem SERVERS="tandem baseline node" bench/compare.sh
 #                                         # before/after figures in the same run
@@ -65,6 +66,9 @@ start() { # label [tandem flags...] -> sets URL, PID, EXTRA
       URL="ws://127.0.0.1:$PORT/ws/{room}" ;;
     tandem)
       target/release/tandem --listen "127.0.0.1:$PORT" --data-dir "$data" --web-dir= "$@" >"$out/$label.log" 2>&1 &
+      URL="ws://127.0.0.1:$PORT/ws/{room}" ;;
+    tandem-linger)
+      target/release/tandem --listen "127.0.0.1:$PORT" --data-dir "$data" --web-dir= --commit-linger-ms 1.5 "$@" >"$out/$label.log" 2>&1 &
       URL="ws://127.0.0.1:$PORT/ws/{room}" ;;
     node)
       HOST=127.0.0.1 PORT=$PORT node bench/node/node_modules/@y/websocket-server/src/server.js >"$out/$label.log" 2>&1 &
@@ -123,7 +127,7 @@ done
 
 # Cold load: a document whose log holds 100,000 updates, opened by a fresh process, before
 # and after compaction (Tandem); raw SQLite insert ceiling beside the durable figures.
-if [[ " $SERVERS " == *" tandem "* ]]; then
+if [[ " $SERVERS " == *" tandem "* && "${EXTRAS:-1}" != 0 ]]; then
   data="$out/data-cold"
   PORT=$((PORT + 1))
   target/release/tandem --listen "127.0.0.1:$PORT" --data-dir "$data" --web-dir= --compact-updates 1000000000 >"$out/cold.log" 2>&1 &
@@ -148,7 +152,7 @@ if [[ " $SERVERS " == *" tandem "* ]]; then
     --scale "$SCALE" --json "$json" >/dev/null
   stop
 fi
-$BENCH sqlite --dir "$out/sqlite" --secs 3 --json "$json" >/dev/null
+[ "${EXTRAS:-1}" != 0 ] && $BENCH sqlite --dir "$out/sqlite" --secs 3 --json "$json" >/dev/null
 
 $BENCH report "$json" | tee "$out/report.md"
 echo "results in $out"

@@ -71,6 +71,12 @@ pub struct Config {
     #[arg(long, env = "TANDEM_BATCH_MS", default_value_t = 3)]
     pub batch_ms: u64,
 
+    /// Milliseconds the store waits, once a commit is due, for other rooms' writes to join
+    /// it: one fsync for more rooms (less CPU per update with many rooms, more latency).
+    /// 0: commit at once.
+    #[arg(long, env = "TANDEM_COMMIT_LINGER_MS", default_value_t = 0.0)]
+    pub commit_linger_ms: f64,
+
     /// Compact a document's log into its snapshot once it holds this many updates.
     #[arg(long, env = "TANDEM_COMPACT_UPDATES", default_value_t = 2000)]
     pub compact_updates: u64,
@@ -280,6 +286,11 @@ impl Config {
             .unwrap_or_else(|| "tandem".into());
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         format!("{host}-{}", &suffix[..6])
+    }
+
+    pub fn commit_linger(&self) -> Duration {
+        Duration::try_from_secs_f64(self.commit_linger_ms.clamp(0.0, 1000.0) / 1000.0)
+            .unwrap_or(Duration::ZERO)
     }
 
     pub fn peer_stall(&self) -> Duration {

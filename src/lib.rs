@@ -68,7 +68,7 @@ pub async fn serve(
     let config = Arc::new(config);
     let outbox = webhook::outbox(&config)?;
     let (store, writer) =
-        store::open_sqlite(&config.data_dir, config.sync, outbox.clone())
+        store::open_sqlite(&config.data_dir, config.sync, config.commit_linger(), outbox.clone())
             .await
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let writer = tokio::spawn(writer);

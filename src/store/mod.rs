@@ -151,9 +151,10 @@ enum Backend {
 pub(crate) async fn open_sqlite(
     data_dir: &std::path::Path,
     sync: SyncMode,
+    linger: std::time::Duration,
     outbox: Option<WebhookOutbox>,
 ) -> anyhow::Result<(Store, impl Future<Output = ()> + Send + 'static)> {
-    let (store, writer) = sqlite::SqliteStore::open(data_dir, sync, outbox).await?;
+    let (store, writer) = sqlite::SqliteStore::open(data_dir, sync, linger, outbox).await?;
     Ok((Store { backend: Backend::Sqlite(store) }, writer))
 }
 

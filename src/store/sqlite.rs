@@ -184,6 +184,7 @@ impl SqliteStore {
     pub(super) async fn open(
         data_dir: &Path,
         sync: SyncMode,
+        linger: Duration,
         outbox: Option<WebhookOutbox>,
     ) -> anyhow::Result<(SqliteStore, impl Future<Output = ()> + Send + 'static)> {
         std::fs::create_dir_all(data_dir)
@@ -247,7 +248,7 @@ impl SqliteStore {
         });
         let (writer, jobs) = mpsc::channel(4096);
         let store = SqliteStore { reader, api, writer, shared: shared.clone() };
-        Ok((store, run_writer(write_conn, jobs, shared, lock)))
+        Ok((store, run_writer(write_conn, jobs, shared, lock, linger)))
     }
 
     pub(super) async fn load(&self, doc: &DocId) -> Result<Loaded> {
@@ -526,12 +527,25 @@ async fn run_writer(
     mut jobs: mpsc::Receiver<Job>,
     shared: Arc<Shared>,
     lock: File,
+    linger: Duration,
 ) {
     let mut batch = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
     let mut heads = Heads::default();
     let mut last_maintenance = Instant::now();
     let mut wal_reported = false;
     while jobs.recv_many(&mut batch, MAX_JOBS_PER_COMMIT).await > 0 {
+        // `--commit-linger-ms`: wait a little for other rooms' jobs, so that one fsync
+        // serves more of them (more latency, less CPU per update).
+        if !linger.is_zero() && batch.len() < MAX_JOBS_PER_COMMIT {
+            let until = tokio::time::Instant::now() + linger;
+            while batch.len() < MAX_JOBS_PER_COMMIT {
+                let room = MAX_JOBS_PER_COMMIT - batch.len();
+                tokio::select! {
+                    n = jobs.recv_many(&mut batch, room) => if n == 0 { break },
+                    _ = tokio::time::sleep_until(until) => break,
+                }
+            }
+        }
         commit_group(&mut conn, &mut batch, &mut heads, &shared).await;
         if last_maintenance.elapsed() >= MAINTENANCE_EVERY {
             last_maintenance = Instant::now();
@@ -1160,7 +1174,8 @@ mod tests {
     use super::*;
 
     async fn open(dir: &Path) -> (SqliteStore, tokio::task::JoinHandle<()>) {
-        let (store, writer) = SqliteStore::open(dir, SyncMode::Normal, None).await.expect("open");
+        let (store, writer) =
+            SqliteStore::open(dir, SyncMode::Normal, Duration::ZERO, None).await.expect("open");
         (store, tokio::spawn(writer))
     }
 
@@ -1224,8 +1239,9 @@ mod tests {
     #[tokio::test]
     async fn a_failed_group_commit_fails_only_its_culprit() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let (store, writer) =
-            SqliteStore::open(tmp.path(), SyncMode::Normal, None).await.expect("open");
+        let (store, writer) = SqliteStore::open(tmp.path(), SyncMode::Normal, Duration::ZERO, None)
+            .await
+            .expect("open");
         let (good, bad) = (doc("good"), doc("bad"));
         let mut conn = raw(tmp.path()).await;
         sqlx::query(
@@ -1264,8 +1280,9 @@ mod tests {
     #[tokio::test]
     async fn a_one_statement_commit_that_fails_is_rolled_back_whole() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let (store, writer) =
-            SqliteStore::open(tmp.path(), SyncMode::Normal, None).await.expect("open");
+        let (store, writer) = SqliteStore::open(tmp.path(), SyncMode::Normal, Duration::ZERO, None)
+            .await
+            .expect("open");
         let writer = tokio::spawn(writer);
         let (a, b) = (doc("a"), doc("b"));
         // The first append reads the head; the second goes the one-statement way.
@@ -1325,7 +1342,7 @@ mod tests {
     async fn a_second_process_on_the_same_directory_is_refused() {
         let tmp = tempfile::tempdir().expect("tmp");
         let (store, writer) = open(tmp.path()).await;
-        let second = SqliteStore::open(tmp.path(), SyncMode::Normal, None).await;
+        let second = SqliteStore::open(tmp.path(), SyncMode::Normal, Duration::ZERO, None).await;
         let message = second.err().expect("second open must fail").to_string();
         assert!(message.contains("another tandem process"), "{message}");
         drop(store);
