@@ -24,8 +24,8 @@ cd "$(dirname "$0")/.."
 
 SCALE=${SCALE:-1}
 SECS=${SECS:-10}
-WORKLOADS=${WORKLOADS:-fanout,fanout-max,fanout-wide,typing,rooms,presence,idle,storm,durable,bigdoc}
-SERVERS=${SERVERS:-tandem node node-leveldb hocuspocus hocuspocus-sqlite ysweet relay}
+WORKLOADS=${WORKLOADS:-fanout,fanout-5k,fanout-max,fanout-wide,typing,rooms,presence,idle,storm,durable,bigdoc}
+SERVERS=${SERVERS:-tandem tandem-linger node node-leveldb hocuspocus hocuspocus-sqlite ysweet relay}
 out="bench-results/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
 json="$out/results.jsonl"
