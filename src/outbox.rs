@@ -10,8 +10,8 @@
 //! and the connection's writer task (`drain`) is woken to finish it when the socket drains.
 //!
 //! Too slow is decided by what the peer falls behind, not by a frame count: more than
-//! `max_bytes` waiting (state replies, bounded on their own by the state budget, do not
-//! count), or nothing written for `stall` while something waits. A peer that is busy for a
+//! `max_bytes` waiting (SyncStep2 replies, bounded on their own by the state budget, and
+//! the close frame do not count), or nothing written for `stall` while something waits. A peer that is busy for a
 //! second has a few hundred KiB waiting and is never dropped for it.
 //!
 //! The lock guards a queue of frames, never a document, and is held for no await.
@@ -124,39 +124,57 @@ impl Outbox {
     /// push to an empty queue is never refused, however large).
     pub(crate) fn push(&self, chunks: &[Bytes], counted: bool) -> Result<(), TooSlow> {
         let mut state = self.state();
-        if state.sealed || state.failed.is_some() {
+        if state.sealed {
             // The connection is ending and will tell the room; nothing more to send.
             return Ok(());
+        }
+        let wake = self.push_locked(&mut state, chunks, counted)?;
+        drop(state);
+        if wake {
+            self.inner.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// `push` under the lock; true when the writer task must be woken.
+    fn push_locked(
+        &self,
+        state: &mut State,
+        chunks: &[Bytes],
+        counted: bool,
+    ) -> Result<bool, TooSlow> {
+        if state.failed.is_some() {
+            return Ok(false);
         }
         if !state.draining && state.queue.is_empty() {
             let written = match self.write_now(chunks) {
                 Ok(written) => written,
                 Err(e) => {
                     state.failed = Some(e.to_string());
-                    drop(state);
-                    self.inner.wake.notify_one();
-                    return Ok(());
+                    return Ok(true);
                 }
             };
             state.progress = Instant::now();
             let added = queue_rest(&mut state.queue, chunks, written, counted);
             if state.queue.is_empty() {
-                return Ok(());
+                return Ok(false);
             }
             // The socket is full: the writer takes over from here.
             state.queued += added;
             state.draining = true;
-            drop(state);
-            self.inner.wake.notify_one();
-            return Ok(());
+            return Ok(true);
         }
         let adding: usize = if counted { chunks.iter().map(Bytes::len).sum() } else { 0 };
-        if adding > 0 && state.queued + adding > self.inner.limits.max_bytes {
+        // Only a backlog is refused: the writer may not have handed back an empty queue yet.
+        if adding > 0
+            && !state.queue.is_empty()
+            && state.queued + adding > self.inner.limits.max_bytes
+        {
             return Err(TooSlow);
         }
         queue_rest(&mut state.queue, chunks, 0, counted);
         state.queued += adding;
-        Ok(())
+        Ok(false)
     }
 
     /// Writes as much as the socket takes without waiting.
@@ -191,11 +209,10 @@ impl Outbox {
         if state.sealed {
             return;
         }
-        drop(state);
+        // Under one lock: no frame of the room's can slip in after the close frame.
         if let Some(last) = last {
-            let _ = self.push(&[last], false);
+            let _ = self.push_locked(&mut state, &[last], false);
         }
-        state = self.state();
         state.sealed = true;
         drop(state);
         self.inner.wake.notify_one();

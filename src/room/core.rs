@@ -713,14 +713,18 @@ impl RoomCore {
         }
     }
 
-    /// A frame for one peer (a reply, a handshake): not counted against its limit, which
-    /// bounds how far it falls behind the others; state replies have their own budget.
+    /// A frame for one peer (a reply, a handshake). A SyncStep2 (the document's state) is
+    /// not counted against the peer's limit: it may be larger than the limit, and the
+    /// state budget bounds how many a peer can ask for. Everything else counts, so a peer
+    /// that asks (presence queries) without reading is closed like one that falls behind.
     fn send_to(&mut self, peer: PeerId, frame: Bytes, slow: &mut Vec<PeerId>) {
         if slow.contains(&peer) {
             return;
         }
+        let counted = !frame
+            .starts_with(&[yrs::sync::protocol::MSG_SYNC, yrs::sync::protocol::MSG_SYNC_STEP_2]);
         if let Some(p) = self.peers.get(&peer)
-            && p.outbox.push(&binary_frames(&[frame]), false).is_err()
+            && p.outbox.push(&binary_frames(&[frame]), counted).is_err()
         {
             slow.push(peer);
         }

@@ -433,8 +433,11 @@ async fn run_peer(mut conn: Conn, joining: Joining, deps: ConnDeps) {
                     }
                     Some(Ok(Message::Text(_))) => break Err(Error::TextFrame),
                     Some(Ok(Message::Ping(payload))) => {
-                        // Ordered with the room's frames; control frames do not count.
-                        let _ = outbox.push(&[outbox::pong_frame(&payload)], false);
+                        // Ordered with the room's frames, and counted: a client that pings
+                        // without reading falls behind like any other.
+                        if outbox.push(&[outbox::pong_frame(&payload)], true).is_err() {
+                            break Err(Error::SlowConsumer);
+                        }
                     }
                     Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Ok(Message::Close(frame))) => {
