@@ -237,8 +237,15 @@ pub(crate) fn upgrade(
                 match upgraded.downcast::<hyper_util::rt::TokioIo<TcpStream>>() {
                     Ok(parts) => {
                         let (read, write) = parts.io.into_inner().into_split();
-                        // Bytes hyper read past the request belong to the WebSocket.
-                        let io = ReadSide { prefix: parts.read_buf, read };
+                        // Bytes hyper read past the request belong to the WebSocket. Copied:
+                        // even an empty slice would keep hyper's whole read buffer alive
+                        // for the life of the connection.
+                        let prefix = if parts.read_buf.is_empty() {
+                            Bytes::new()
+                        } else {
+                            Bytes::copy_from_slice(&parts.read_buf)
+                        };
+                        let io = ReadSide { prefix, read };
                         let stream =
                             WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
                         let conn = Conn { stream, outbox: Outbox::new(write, slow) };
@@ -505,6 +512,9 @@ impl AsyncRead for ReadSide {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.read).poll_read(cx, buf)
