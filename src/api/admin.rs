@@ -150,7 +150,7 @@ pub(crate) async fn drop_webhooks(
     super::ApiQuery(params): super::ApiQuery<DropParams>,
 ) -> Result<Json<Dropped>, Error> {
     caller.require_admin()?;
-    if params.url.trim().is_empty() {
+    if params.url.is_empty() {
         return Err(Error::BadRequest(
             "url: the receiver's URL, as listed by GET /api/admin/webhooks".into(),
         ));
