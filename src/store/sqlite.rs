@@ -738,9 +738,21 @@ fn plan_appends<'a>(jobs: &'a [Job], heads: &Heads) -> Option<AppendPlan<'a>> {
     Some(plan)
 }
 
+/// The heads upsert of a group commit: (document, head after it, bytes added) per row.
+fn push_heads_upsert(query: &mut QueryBuilder<Sqlite>, rows: &[(&str, i64, i64)], now: i64) {
+    query.push("insert into heads (doc, head, created_at, updated_at, bytes) ");
+    query.push_values(rows, |mut row, (doc, head, bytes)| {
+        row.push_bind(*doc).push_bind(*head).push_bind(now).push_bind(now).push_bind(*bytes);
+    });
+    query.push(
+        " on conflict (doc) do update set head = excluded.head,
+           updated_at = excluded.updated_at, bytes = heads.bytes + excluded.bytes",
+    );
+}
+
 /// The whole transaction as one multi-statement query: every statement sqlx runs is a round
 /// trip to its SQLite worker thread (a wake-up each way), and a group commit used to be four
-/// (begin, heads, rows, commit). The heads upsert is the same as in `write_jobs`.
+/// (begin, heads, rows, commit).
 async fn write_appends(
     conn: &mut SqliteConnection,
     plan: AppendPlan<'_>,
@@ -749,14 +761,8 @@ async fn write_appends(
     let now = now_millis();
     let mut query: QueryBuilder<Sqlite> = QueryBuilder::new("begin immediate; ");
     for chunk in plan.heads.chunks(ROWS_PER_INSERT) {
-        query.push("insert into heads (doc, head, created_at, updated_at, bytes) ");
-        query.push_values(chunk, |mut row, (doc, head, bytes)| {
-            row.push_bind(*doc).push_bind(*head).push_bind(now).push_bind(now).push_bind(*bytes);
-        });
-        query.push(
-            " on conflict (doc) do update set head = excluded.head,
-               updated_at = excluded.updated_at, bytes = heads.bytes + excluded.bytes; ",
-        );
+        push_heads_upsert(&mut query, chunk, now);
+        query.push("; ");
     }
     for chunk in plan.rows.chunks(ROWS_PER_INSERT) {
         query.push("insert into updates (doc, seq, data) ");
@@ -856,22 +862,14 @@ async fn write_jobs(
         next.insert(doc, head + 1);
         committed.push((doc.to_string(), new_head));
     }
-    let with_sizes: Vec<(&(String, i64), i64)> =
-        committed.iter().zip(sizes.iter().copied()).collect();
+    let with_sizes: Vec<(&str, i64, i64)> = committed
+        .iter()
+        .zip(sizes.iter().copied())
+        .map(|((doc, head), bytes)| (doc.as_str(), *head, bytes))
+        .collect();
     for chunk in with_sizes.chunks(ROWS_PER_INSERT) {
-        let mut upsert: QueryBuilder<Sqlite> =
-            QueryBuilder::new("insert into heads (doc, head, created_at, updated_at, bytes) ");
-        upsert.push_values(chunk, |mut row, ((doc, head), bytes)| {
-            row.push_bind(doc.as_str())
-                .push_bind(*head)
-                .push_bind(now)
-                .push_bind(now)
-                .push_bind(*bytes);
-        });
-        upsert.push(
-            " on conflict (doc) do update set head = excluded.head,
-               updated_at = excluded.updated_at, bytes = heads.bytes + excluded.bytes",
-        );
+        let mut upsert: QueryBuilder<Sqlite> = QueryBuilder::new("");
+        push_heads_upsert(&mut upsert, chunk, now);
         upsert.build().execute(&mut *tx).await?;
     }
     let mut events = false;
