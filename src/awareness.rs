@@ -39,6 +39,9 @@ pub(crate) struct Presence {
     /// Entries applied since the last `take_pending` (the latest per client): relayed as
     /// one update per tick instead of one frame per cursor move.
     pending: HashMap<ClientID, AwarenessUpdateEntry>,
+    /// The same, for entries from this node's own peers only: what the other nodes of a
+    /// cluster are told (states from other nodes are never sent back to them).
+    pending_local: HashMap<ClientID, AwarenessUpdateEntry>,
 }
 
 impl Presence {
@@ -57,16 +60,31 @@ impl Presence {
             timeout,
             origin,
             pending: HashMap::new(),
+            pending_local: HashMap::new(),
         }
     }
 
     /// Applies a peer's awareness update; Ok(true) when anything changed and it should be
     /// relayed. Entries for client ids another connection introduced are dropped; an update
     /// that would take the room past its byte cap is refused (the caller closes the peer).
-    pub(crate) fn apply(
+    pub(crate) fn apply(&mut self, peer: PeerId, update: AwarenessUpdate) -> Result<bool, Error> {
+        self.apply_from(peer, update, true)
+    }
+
+    /// The same for states relayed by another node; `node` stands for all its peers.
+    pub(crate) fn apply_remote(
+        &mut self,
+        node: PeerId,
+        update: AwarenessUpdate,
+    ) -> Result<bool, Error> {
+        self.apply_from(node, update, false)
+    }
+
+    fn apply_from(
         &mut self,
         peer: PeerId,
         mut update: AwarenessUpdate,
+        local: bool,
     ) -> Result<bool, Error> {
         // Only the connection that introduced an id may change it; removing ("null") an id
         // nobody holds would only leave yrs a dead entry per id (found in review).
@@ -110,6 +128,9 @@ impl Presence {
         for id in changed {
             if let Some(entry) = entries.get(id) {
                 self.pending.insert(*id, entry.clone());
+                if local {
+                    self.pending_local.insert(*id, entry.clone());
+                }
             }
         }
         Ok(true)
@@ -133,6 +154,35 @@ impl Presence {
         }
         let update = AwarenessUpdate { clients: std::mem::take(&mut self.pending) };
         Some(protocol::awareness(&update))
+    }
+
+    /// What this node's peers changed since the last call, in updates small enough for the
+    /// cluster's notifications (`max_bytes` of JSON each). A single state larger than that
+    /// stays on this node (logged): PostgreSQL cannot carry it.
+    pub(crate) fn take_pending_local(&mut self, max_bytes: usize) -> Vec<AwarenessUpdate> {
+        let mut out = Vec::new();
+        let mut current = AwarenessUpdate { clients: HashMap::new() };
+        let mut bytes = 0;
+        for (id, entry) in self.pending_local.drain() {
+            let size = entry.json.len() + 16;
+            if size > max_bytes {
+                tracing::warn!(client = %id, bytes = entry.json.len(), "presence state too large to share with other nodes");
+                continue;
+            }
+            if bytes + size > max_bytes {
+                out.push(std::mem::replace(
+                    &mut current,
+                    AwarenessUpdate { clients: HashMap::new() },
+                ));
+                bytes = 0;
+            }
+            bytes += size;
+            current.clients.insert(id, entry);
+        }
+        if !current.clients.is_empty() {
+            out.push(current);
+        }
+        out
     }
 
     /// Forgets a connection: removes the states it announced and returns the frame that tells
@@ -186,6 +236,7 @@ impl Presence {
         for id in &live {
             self.awareness.remove_state(*id);
             self.pending.remove(id);
+            self.pending_local.remove(id);
             self.forget(*id);
         }
         let update = self.awareness.update_with_clients(live).ok()?;

@@ -18,9 +18,27 @@ pub struct Config {
     #[arg(long, env = "TANDEM_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Directory holding the SQLite database (`tandem.db`); created on first start.
+    /// Directory holding the SQLite database (`tandem.db`); created on first start. Not
+    /// used for documents when `--database-url` is given.
     #[arg(long, env = "TANDEM_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+
+    /// A PostgreSQL URL (`postgres://user@host/db`): documents are stored there instead of
+    /// in `--data-dir`, and any number of nodes may serve them at once (README: Several
+    /// nodes).
+    #[arg(long, env = "TANDEM_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Seconds a node keeps its peers while PostgreSQL is unreachable (writes are held, not
+    /// echoed); after that its peers are closed with 1013 and new ones refused until the
+    /// database is back.
+    #[arg(long, env = "TANDEM_DATABASE_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub database_timeout_secs: f64,
+
+    /// Seconds between two reads of the heads of loaded documents (PostgreSQL): the safety
+    /// net under the notifications, so a lost one delays an update by at most this long.
+    #[arg(long, env = "TANDEM_CLUSTER_POLL_SECS", default_value_t = 2.0)]
+    pub cluster_poll_secs: f64,
 
     /// Serve the browser editor from this directory instead of the copy built into the
     /// binary (for editor development: `node web/build.mjs` and reload). Empty turns the
@@ -286,6 +304,21 @@ impl Config {
             .unwrap_or_else(|| "tandem".into());
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         format!("{host}-{}", &suffix[..6])
+    }
+
+    pub fn database_timeout(&self) -> Duration {
+        Duration::try_from_secs_f64(self.database_timeout_secs.clamp(0.1, 1e6))
+            .unwrap_or(Duration::from_secs(10))
+    }
+
+    pub fn cluster_poll(&self) -> Duration {
+        Duration::try_from_secs_f64(self.cluster_poll_secs.clamp(0.05, 3600.0))
+            .unwrap_or(Duration::from_secs(2))
+    }
+
+    /// The database URL, unless empty (an empty variable means "not set").
+    pub fn database_url(&self) -> Option<&str> {
+        self.database_url.as_deref().map(str::trim).filter(|u| !u.is_empty())
     }
 
     pub fn commit_linger(&self) -> Duration {

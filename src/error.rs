@@ -107,6 +107,7 @@ pub enum Error {
 fn store_reason(e: &StoreError) -> &'static str {
     match e {
         StoreError::Corrupt { .. } => "stored document is inconsistent",
+        StoreError::Unavailable(_) => "database unavailable",
         _ => "storage failure",
     }
 }
@@ -159,7 +160,10 @@ impl Error {
             Error::TooLarge { .. } | Error::BodyTooLarge | Error::AwarenessTooLarge { .. } => {
                 TOO_BIG
             }
-            Error::SlowConsumer | Error::Overloaded(_) => TRY_AGAIN_LATER,
+            // An unreachable database (PostgreSQL): another node may be able to serve.
+            Error::SlowConsumer
+            | Error::Overloaded(_)
+            | Error::Store(StoreError::Unavailable(_)) => TRY_AGAIN_LATER,
             Error::Unauthorized(_) => UNAUTHORIZED,
             Error::Forbidden(_) => FORBIDDEN,
             Error::DocTooLarge { .. } => DOC_TOO_LARGE,

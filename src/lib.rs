@@ -12,7 +12,9 @@
 //! - `awareness`: presence bookkeeping (who announced which cursor, ghost removal)
 //! - `auth`: tokens, grants, the deny list, minting; `limit`: token buckets
 //! - `colour`: cursor colours per room
-//! - `store`: storage API; `store::sqlite`: the embedded backend, the only SQL
+//! - `store`: storage API; `store::sqlite` (embedded) and `store::postgres` (shared by
+//!   several nodes): the only SQL
+//! - `cluster`: several nodes on one PostgreSQL (the feed, presence across nodes)
 //! - `id`: validated identifiers
 //!
 //! The public API is what the binaries and the tests need: `serve`, `Config`, `protocol`
@@ -21,6 +23,7 @@
 mod api;
 pub mod auth;
 mod awareness;
+mod cluster;
 pub mod colour;
 pub mod config;
 mod content;
@@ -67,10 +70,8 @@ pub async fn serve(
     use anyhow::Context;
     let config = Arc::new(config);
     let outbox = webhook::outbox(&config)?;
-    let (store, writer) =
-        store::open_sqlite(&config.data_dir, config.sync, config.commit_linger(), outbox.clone())
-            .await
-            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let node = config.node_name();
+    let (store, writer) = open_store(&config, &node, outbox.clone()).await?;
     let writer = tokio::spawn(writer);
     let keys = auth::Keys::from_config(config.auth_secret.as_deref(), &config.auth_public_key)
         .context("loading the auth keys")?;
@@ -97,7 +98,6 @@ pub async fn serve(
             "the browser editor is not built into this binary; / explains how to build it"
         );
     }
-    let node = config.node_name();
     let webhooks = Arc::new(webhook::Counters::default());
     if let Some(outbox) = &outbox {
         tracing::info!(receivers = outbox.urls.len(), node, "webhooks on");
@@ -106,8 +106,8 @@ pub async fn serve(
     }
     let state = http::AppState {
         config: config.clone(),
-        store,
-        node,
+        store: store.clone(),
+        node: node.clone(),
         webhooks,
         web: Arc::new(web),
         conn: ws::ConnDeps {
@@ -118,12 +118,21 @@ pub async fn serve(
             tracker: tracker.clone(),
             shutdown: token.clone(),
         },
-        auth,
-        rooms,
+        auth: auth.clone(),
+        rooms: rooms.clone(),
     };
+    if let Some(feed) = store.take_feed() {
+        tracing::info!(node, "sharing documents with other nodes through PostgreSQL");
+        let cluster =
+            cluster::Cluster { store: store.clone(), rooms, auth, poll: config.cluster_poll() };
+        tracker.spawn(cluster.run(feed, token.clone()));
+    }
     let addr = listener.local_addr()?;
     println!("listening addr={addr}");
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "serving");
+    match config.database_url() {
+        Some(_) => tracing::info!(%addr, node, "serving (PostgreSQL)"),
+        None => tracing::info!(%addr, node, data_dir = %config.data_dir.display(), "serving"),
+    }
     let app = http::router(state);
     accept_loop(listener, app, &config, shutdown, token.clone()).await;
     token.cancel();
@@ -138,6 +147,36 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+type StoreTasks = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// PostgreSQL when `--database-url` is given (shared with other nodes), else SQLite in
+/// `--data-dir`.
+async fn open_store(
+    config: &Config,
+    node: &str,
+    outbox: Option<store::WebhookOutbox>,
+) -> anyhow::Result<(store::Store, StoreTasks)> {
+    use anyhow::Context;
+    let Some(url) = config.database_url() else {
+        let (store, writer) =
+            store::open_sqlite(&config.data_dir, config.sync, config.commit_linger(), outbox)
+                .await
+                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        return Ok((store, Box::pin(writer)));
+    };
+    if outbox.is_some() {
+        anyhow::bail!(
+            "--webhook-url needs the SQLite store for now: webhooks are not available with --database-url"
+        );
+    }
+    // Unique per process even when two nodes are given the same --node-id.
+    let instance = format!("{node}/{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let (store, tasks) = store::open_postgres(url, &instance, config.database_timeout())
+        .await
+        .context("opening the PostgreSQL store (--database-url)")?;
+    Ok((store, Box::pin(tasks)))
 }
 
 /// Accepts connections until `shutdown`, then lets open HTTP requests finish (upgraded

@@ -109,8 +109,7 @@ impl Rooms {
     /// that is not loaded is not loaded for this: nobody is in it, so the browser's own
     /// preferred colour is free, and the room assigns the same when the browser joins.
     pub(crate) async fn colour(&self, doc_id: &DocId, browser: &BrowserId) -> Result<usize, Error> {
-        let loaded = self.inner.map.lock().get(doc_id).filter(|h| !h.is_closed()).cloned();
-        let Some(room) = loaded else {
+        let Some(room) = self.loaded_room(doc_id) else {
             return Ok(ColourBook::default().assign(browser));
         };
         let (reply, answer) = oneshot::channel();
@@ -198,6 +197,69 @@ impl Rooms {
             }
         }
         Err(Error::RoomGone)
+    }
+
+    // ---- other nodes (see `cluster`): only rooms already loaded hear of them -----------
+
+    fn loaded_room(&self, doc_id: &DocId) -> Option<RoomHandle> {
+        self.inner.map.lock().get(doc_id).filter(|h| !h.is_closed()).cloned()
+    }
+
+    /// Another node committed `doc_id` up to `head`.
+    pub(crate) fn committed_elsewhere(&self, doc_id: &DocId, head: i64) {
+        if let Some(room) = self.loaded_room(doc_id) {
+            room.feed(head);
+        }
+    }
+
+    /// Another node deleted `doc_id`: its room here closes its peers (4404) and ends.
+    pub(crate) fn deleted_elsewhere(&self, doc_id: &DocId) {
+        if let Some(room) = self.loaded_room(doc_id) {
+            // Not lossy: wait for room in the inbox, off the caller's task.
+            tokio::spawn(async move {
+                let _ = room.send(RoomMsg::DeletedElsewhere).await;
+            });
+        }
+    }
+
+    /// Presence from another node's peers (lossy, like presence itself: renewed anyway).
+    pub(crate) fn awareness_from(&self, doc_id: &DocId, node: &str, frame: Bytes) {
+        if let Some(room) = self.loaded_room(doc_id) {
+            room.try_send(RoomMsg::RemoteAwareness { node: node.to_string(), frame });
+        }
+    }
+
+    /// Another node is gone: every room drops its peers' presence.
+    pub(crate) fn node_gone(&self, node: &str) {
+        for room in self.handles() {
+            let (room, node) = (room, node.to_string());
+            tokio::spawn(async move {
+                let _ = room.send(RoomMsg::NodeGone { node }).await;
+            });
+        }
+    }
+
+    /// The database is gone for too long: every room closes its peers (1013) and ends.
+    pub(crate) fn send_everyone_away(&self) {
+        for room in self.handles() {
+            tokio::spawn(async move {
+                let _ = room.send(RoomMsg::SendAway).await;
+            });
+        }
+    }
+
+    /// The documents loaded here (the cluster's safety poll).
+    pub(crate) fn loaded(&self) -> Vec<DocId> {
+        self.inner.map.lock().keys().cloned().collect()
+    }
+
+    /// How long the store has been unreachable and the limit (see `Store::outage`).
+    pub(crate) fn store_outage(&self) -> Option<(std::time::Duration, std::time::Duration)> {
+        self.inner.deps.store.outage()
+    }
+
+    fn handles(&self) -> Vec<RoomHandle> {
+        self.inner.map.lock().values().filter(|h| !h.is_closed()).cloned().collect()
     }
 
     /// Connected peers per loaded room.

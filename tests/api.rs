@@ -170,6 +170,27 @@ async fn delete_closes_peers_with_4404_and_the_name_starts_afresh() {
     assert!(!list.contains("\"gone\""), "{list}");
 }
 
+/// The sequence schemathesis reported as ST301 "Deleted resource still available" (list,
+/// DELETE, a write to the document's content, a read): the write re-creates the name
+/// afresh, so the read's 200 is right; without the write every read is a 404.
+#[tokio::test]
+async fn a_deleted_document_stays_gone_until_a_write_starts_it_afresh() {
+    let server = TestServer::start().await;
+    let content = server.http("/api/docs/0/content");
+    assert_eq!(http_bytes(&content, "PUT", "text/plain", b"old words").await.status, 200);
+    let (_, list) = http_get(&server.http("/api/docs?limit=1")).await;
+    assert_eq!(json(&list)["docs"][0]["name"], "0", "{list}");
+    assert_eq!(http(&server.http("/api/docs/0"), "DELETE", None).await.status, 204);
+    for read in ["/api/docs/0", "/api/docs/0/content", "/api/docs/0/update"] {
+        assert_eq!(http_get(&server.http(read)).await.0, 404, "{read} after DELETE");
+    }
+    assert_eq!(http_bytes(&content, "PUT", "text/plain", b"new").await.status, 200);
+    let (status, meta) = http_get(&server.http("/api/docs/0")).await;
+    assert_eq!(status, 200, "{meta}");
+    assert_eq!(json(&meta)["log_rows"], 1, "a fresh document, not the deleted one: {meta}");
+    assert_eq!(http_get(&content).await.1.trim_end(), "new");
+}
+
 #[tokio::test]
 async fn paging_lists_every_document_exactly_once() {
     let server = TestServer::start().await;

@@ -77,16 +77,41 @@ impl Revocations {
         self.inner.changed.send_modify(|n| *n += 1);
         Ok(revocation)
     }
+
+    /// Takes in the stored list as another node changed it; live connections re-check
+    /// their tokens if anything is new.
+    pub(crate) fn merge(&self, stored: Vec<Revocation>) {
+        let mut changed = false;
+        {
+            let mut lists = self.lists();
+            for r in stored {
+                changed |= lists.insert(r);
+            }
+        }
+        if changed {
+            self.inner.changed.send_modify(|n| *n += 1);
+        }
+    }
 }
 
 impl Lists {
-    fn insert(&mut self, r: Revocation) {
+    /// True if this entry was new or moved the revocation later.
+    fn insert(&mut self, r: Revocation) -> bool {
         let map = match r.kind {
             RevocationKind::Jti => &mut self.jti,
             RevocationKind::Sub => &mut self.sub,
         };
-        let at = map.entry(r.value).or_insert(r.revoked_at);
-        *at = (*at).max(r.revoked_at);
+        match map.get_mut(&r.value) {
+            Some(at) if *at >= r.revoked_at => false,
+            Some(at) => {
+                *at = r.revoked_at;
+                true
+            }
+            None => {
+                map.insert(r.value, r.revoked_at);
+                true
+            }
+        }
     }
 }
 

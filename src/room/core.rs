@@ -116,6 +116,9 @@ pub(crate) struct Limits {
     pub(crate) max_room_awareness_bytes: usize,
     /// State bytes per minute a peer may be sent beyond its first reply.
     pub(crate) state_bytes_per_min: u64,
+    /// Other nodes share the store: presence changes of this node's peers are handed out
+    /// for them (`take_published`).
+    pub(crate) cluster: bool,
 }
 
 impl Limits {
@@ -129,6 +132,7 @@ impl Limits {
             max_doc_bytes: 1 << 30,
             max_room_awareness_bytes: 1 << 20,
             state_bytes_per_min: 1 << 30,
+            cluster: false,
         }
     }
 }
@@ -151,8 +155,19 @@ pub(crate) struct RoomCore {
     snapshot_bytes: u64,
     /// Held until everything before it is committed, released in order.
     out: Vec<Out>,
-    /// Seq of the last committed update.
-    head: i64,
+    /// Every update up to this seq is in the document (committed here or read back from
+    /// the store after another node committed it).
+    applied: i64,
+    /// Seqs committed here above `applied`: another node committed the ones between, and
+    /// they are still to be read (`behind`). In order, disjoint.
+    own: Vec<(i64, i64)>,
+    /// The store's seqs went backwards under us: the document was deleted and started
+    /// again elsewhere. The room must go.
+    reset: bool,
+    /// Presence of other nodes' peers, one stand-in peer per node.
+    remote_nodes: HashMap<String, PeerId>,
+    /// Awareness frames of this node's peers, for the other nodes.
+    published: Vec<Bytes>,
     /// Log rows and bytes since the last snapshot: the compaction trigger.
     log_updates: u64,
     log_bytes: u64,
@@ -208,7 +223,11 @@ impl RoomCore {
             pending_bytes: 0,
             snapshot_bytes: loaded.snapshot.as_ref().map_or(0, |s| s.len() as u64),
             out: Vec::new(),
-            head: loaded.head,
+            applied: loaded.head,
+            own: Vec::new(),
+            reset: false,
+            remote_nodes: HashMap::new(),
+            published: Vec::new(),
             log_updates: loaded.tail.len() as u64,
             log_bytes: loaded.tail_bytes,
             full_state: None,
@@ -376,6 +395,11 @@ impl RoomCore {
         if let Some(frame) = self.presence.take_pending() {
             self.out.push(Out::All(frame));
         }
+        if self.limits.cluster {
+            for update in self.presence.take_pending_local(crate::store::MAX_PUBLISHED_FRAME) {
+                self.published.push(protocol::awareness(&update));
+            }
+        }
     }
 
     /// A bug surfaced (a caught panic) while handling this peer's message: close it with
@@ -406,7 +430,20 @@ impl RoomCore {
 
     /// The store committed the rows from `take_rows` under these seqs.
     pub(crate) fn committed(&mut self, appended: Appended, bytes: u64) {
-        self.head = appended.last;
+        if appended.first <= self.applied {
+            tracing::warn!(
+                first = appended.first,
+                applied = self.applied,
+                "seqs went backwards: the document was deleted and re-created elsewhere"
+            );
+            self.reset = true;
+        } else if appended.first == self.applied + 1 {
+            self.applied = appended.last;
+            self.absorb_own();
+        } else {
+            // Another node committed the seqs in between: read them (`behind`).
+            self.own.push((appended.first, appended.last));
+        }
         self.log_updates += self.in_flight as u64;
         self.log_bytes += bytes;
         self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
@@ -478,7 +515,8 @@ impl RoomCore {
     /// Replaces the document with one rebuilt from the store (everything committed).
     pub(crate) fn rebuild(&mut self, doc: Doc, loaded: &Loaded) {
         self.doc = doc;
-        self.head = loaded.head;
+        self.applied = loaded.head;
+        self.own.retain(|(_, last)| *last > loaded.head);
         self.log_updates = loaded.tail.len() as u64;
         self.log_bytes = loaded.tail_bytes;
         self.snapshot_bytes = loaded.snapshot.as_ref().map_or(0, |s| s.len() as u64);
@@ -498,13 +536,13 @@ impl RoomCore {
             return None;
         }
         let update = self.doc.transact().encode_state_as_update_v1(&StateVector::default());
-        Some((update, self.head))
+        Some((update, self.applied))
     }
 
     /// The snapshot from `snapshot` (of `snapshot_bytes`) is stored, or a newer one already
     /// was (`replaced` false).
     pub(crate) fn compacted(&mut self, upto_seq: i64, snapshot_bytes: u64, replaced: bool) {
-        if upto_seq == self.head {
+        if upto_seq == self.applied {
             self.log_updates = 0;
             self.log_bytes = 0;
             if replaced {
@@ -521,7 +559,7 @@ impl RoomCore {
     /// Nothing was ever stored for this document and nothing is queued: a room that costs
     /// memory for nothing once its peers are gone.
     pub(crate) fn is_blank(&self) -> bool {
-        self.head == 0 && self.snapshot_bytes == 0 && !self.has_pending()
+        self.applied == 0 && self.own.is_empty() && self.snapshot_bytes == 0 && !self.has_pending()
     }
 
     /// The whole document as one update (the fuzz oracle compares it with the log).
@@ -536,6 +574,150 @@ impl RoomCore {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.peers.is_empty()
+    }
+
+    // ---- other nodes (a shared store) ---------------------------------------------------
+
+    /// Every seq up to this one is in the document.
+    pub(crate) fn applied(&self) -> i64 {
+        self.applied
+    }
+
+    /// The highest seq this room knows exists: past `applied` when another node committed
+    /// seqs below one of ours.
+    pub(crate) fn known_head(&self) -> i64 {
+        self.own.last().map_or(self.applied, |(_, last)| *last)
+    }
+
+    /// The document was deleted and re-created elsewhere under this room.
+    pub(crate) fn is_reset(&self) -> bool {
+        self.reset
+    }
+
+    /// Rows another node committed, read back from the store, in seq order. Each one next
+    /// in line is applied and relayed to every peer here (ours were relayed when they
+    /// came); a gap stops it (the caller reads again). Committed already, so nothing waits
+    /// for a commit of ours except what was queued before them.
+    pub(crate) fn remote_rows(&mut self, rows: Vec<(i64, Vec<u8>)>) {
+        for (seq, data) in rows {
+            if seq <= self.applied {
+                continue;
+            }
+            if seq != self.applied + 1 {
+                break;
+            }
+            let ours = self.own.first().is_some_and(|(first, _)| *first == seq);
+            if ours {
+                self.absorb_own();
+                continue;
+            }
+            self.log_updates += 1;
+            self.log_bytes += data.len() as u64;
+            self.applied = seq;
+            if self.apply_committed(&data) {
+                self.out.push(Out::All(protocol::sync_update(&data)));
+            }
+            self.absorb_own();
+        }
+    }
+
+    /// The whole stored document, because the rows this room missed were compacted away:
+    /// merged into ours, and what it added relayed to the peers as one update.
+    pub(crate) fn remote_reload(&mut self, loaded: &Loaded) {
+        if loaded.head < self.applied {
+            self.reset = true;
+            return;
+        }
+        let before = self.doc.transact().state_vector();
+        for row in loaded.snapshot.iter().chain(&loaded.tail) {
+            self.apply_committed(row);
+        }
+        let diff = {
+            let txn = self.doc.transact();
+            catch_unwind(AssertUnwindSafe(|| txn.encode_state_as_update_v1(&before)))
+        };
+        match diff {
+            Ok(diff) if protocol::decode_update(&diff).is_ok_and(|u| !u.is_empty()) => {
+                self.out.push(Out::All(protocol::sync_update(&diff)));
+            }
+            Ok(_) => {}
+            Err(_) => self.poisoned = true,
+        }
+        self.applied = loaded.head;
+        self.own.retain(|(_, last)| *last > loaded.head);
+        self.absorb_own();
+        self.log_updates = loaded.tail.len() as u64;
+        self.log_bytes = loaded.tail_bytes;
+        self.snapshot_bytes = loaded.snapshot.as_ref().map_or(0, |s| s.len() as u64);
+    }
+
+    /// Presence from another node's peers (a frame as that node relays it locally).
+    pub(crate) fn remote_awareness(&mut self, node: &str, frame: &Bytes) {
+        let limits = protocol::FrameLimits {
+            max_awareness_entries: 4096,
+            max_awareness_bytes: crate::store::MAX_PUBLISHED_FRAME,
+        };
+        let Ok(messages) = protocol::decode_frame(frame, &limits) else {
+            tracing::debug!(node, "undecodable presence from another node dropped");
+            return;
+        };
+        let stand_in = *self.remote_nodes.entry(node.to_string()).or_default();
+        for message in messages {
+            let Incoming::Awareness { update } = message else { continue };
+            match self.presence.apply_remote(stand_in, update) {
+                Ok(true) if self.awareness_due.is_none() => {
+                    self.awareness_due = Some(Instant::now() + self.limits.awareness_batch);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(node, error = %e, "presence from another node refused"),
+            }
+        }
+    }
+
+    /// Another node is gone: its peers' presence goes too.
+    pub(crate) fn node_gone(&mut self, node: &str) {
+        let Some(stand_in) = self.remote_nodes.remove(node) else { return };
+        self.flush_awareness();
+        if let Some(frame) = self.presence.remove_peer(stand_in) {
+            self.out.push(Out::All(frame));
+        }
+    }
+
+    /// Presence frames of this node's peers for the other nodes, since the last call.
+    pub(crate) fn take_published(&mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.published)
+    }
+
+    /// Moves `applied` over our own ranges that now follow it.
+    fn absorb_own(&mut self) {
+        while let Some(&(first, last)) = self.own.first() {
+            if first > self.applied + 1 {
+                break;
+            }
+            self.applied = self.applied.max(last);
+            self.own.remove(0);
+        }
+    }
+
+    /// Applies a committed row as a load does: no checks (the node that took it checked
+    /// it), a panic poisons the document (rebuilt from the store). True if it applied.
+    fn apply_committed(&mut self, row: &[u8]) -> bool {
+        let Ok(update) = protocol::decode_stored_update(row) else {
+            tracing::warn!("a committed row from another node does not decode; skipped");
+            return false;
+        };
+        self.full_state = None;
+        match catch_unwind(AssertUnwindSafe(|| self.doc.transact_mut().apply_update(update))) {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "a committed row from another node did not apply");
+                false
+            }
+            Err(_) => {
+                self.poisoned = true;
+                false
+            }
+        }
     }
 
     // ---- internals ----------------------------------------------------------------------
@@ -683,6 +865,9 @@ impl RoomCore {
         }
         self.peer_count.store(self.peers.len(), Ordering::Relaxed);
         if let Some(frame) = self.presence.remove_peer(peer) {
+            if self.limits.cluster && frame.len() <= crate::store::MAX_PUBLISHED_FRAME {
+                self.published.push(frame.clone());
+            }
             self.out.push(Out::All(frame));
         }
         Some(removed)

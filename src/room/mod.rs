@@ -13,7 +13,7 @@ pub(crate) mod core;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -83,6 +83,23 @@ pub(crate) enum RoomMsg {
     Delete {
         reply: oneshot::Sender<Result<bool, Error>>,
     },
+    /// Another node committed to this document (the head is in `RoomHandle::feed_head`):
+    /// a wake-up; the room reads what it is missing after the batch.
+    Feed,
+    /// Another node deleted the document: the peers are closed with 4404, the room ends.
+    DeletedElsewhere,
+    /// Presence from another node's peers.
+    RemoteAwareness {
+        node: String,
+        frame: Bytes,
+    },
+    /// Another node is gone; so is its peers' presence.
+    NodeGone {
+        node: String,
+    },
+    /// The database has been unreachable for too long: every peer is closed (1013) so it
+    /// moves to a healthy node, and the room ends.
+    SendAway,
 }
 
 /// A clonable way to reach a room. `generation` tells apart two rooms of the same document
@@ -93,6 +110,9 @@ pub(crate) struct RoomHandle {
     generation: u64,
     /// Connected peers, kept by the room, read by the document list.
     peer_count: Arc<AtomicUsize>,
+    /// The highest seq another node is known to have committed (the cluster's doorbell;
+    /// a number rather than a message, so a full inbox cannot lose it).
+    feed_head: Arc<AtomicI64>,
 }
 
 impl RoomHandle {
@@ -117,6 +137,13 @@ impl RoomHandle {
 
     pub(crate) fn peers(&self) -> usize {
         self.peer_count.load(Ordering::Relaxed)
+    }
+
+    /// Another node committed this document up to `head`: the room catches up.
+    pub(crate) fn feed(&self, head: i64) {
+        if self.feed_head.fetch_max(head, Ordering::AcqRel) < head {
+            self.try_send(RoomMsg::Feed);
+        }
     }
 }
 
@@ -162,10 +189,16 @@ pub(crate) struct RoomDeps {
 pub(crate) fn spawn(lease: Lease, deps: &RoomDeps) -> RoomHandle {
     let (tx, inbox) = mpsc::channel(INBOX);
     let peer_count = Arc::new(AtomicUsize::new(0));
-    let handle = RoomHandle { tx, generation: lease.generation, peer_count: peer_count.clone() };
+    let feed_head = Arc::new(AtomicI64::new(0));
+    let handle = RoomHandle {
+        tx,
+        generation: lease.generation,
+        peer_count: peer_count.clone(),
+        feed_head: feed_head.clone(),
+    };
     let span = tracing::info_span!("room", doc = %lease.doc_id);
     let deps_for_task = deps.clone();
-    deps.tracker.spawn(run(lease, inbox, peer_count, deps_for_task).instrument(span));
+    deps.tracker.spawn(run(lease, inbox, peer_count, feed_head, deps_for_task).instrument(span));
     handle
 }
 
@@ -173,6 +206,7 @@ async fn run(
     lease: Lease,
     mut inbox: mpsc::Receiver<RoomMsg>,
     peer_count: Arc<AtomicUsize>,
+    feed_head: Arc<AtomicI64>,
     deps: RoomDeps,
 ) {
     let started = Instant::now();
@@ -184,6 +218,7 @@ async fn run(
         max_doc_bytes: deps.config.max_doc_bytes,
         max_room_awareness_bytes: deps.config.max_room_awareness_bytes,
         state_bytes_per_min: deps.config.max_state_bytes_per_min,
+        cluster: deps.store.is_shared(),
     };
     let core = match load(&lease.doc_id, &deps.store).await {
         Ok((doc, loaded)) => RoomCore::new(doc, &loaded, limits, peer_count),
@@ -210,6 +245,7 @@ async fn run(
         deleted: None,
         batch_window,
         last_flush: None,
+        feed_head,
     };
     room.run(inbox, deps.shutdown).await;
 }
@@ -235,7 +271,12 @@ fn refuse(msg: RoomMsg, error: &Error) {
         RoomMsg::Leave { .. }
         | RoomMsg::Colour { .. }
         | RoomMsg::Incoming { .. }
-        | RoomMsg::Read { .. } => {}
+        | RoomMsg::Read { .. }
+        | RoomMsg::Feed
+        | RoomMsg::DeletedElsewhere
+        | RoomMsg::RemoteAwareness { .. }
+        | RoomMsg::NodeGone { .. }
+        | RoomMsg::SendAway => {}
     }
 }
 
@@ -250,6 +291,8 @@ struct Room {
     /// `--batch-ms`, and when the room last had something to commit or send.
     batch_window: Duration,
     last_flush: Option<Instant>,
+    /// See `RoomHandle::feed_head`.
+    feed_head: Arc<AtomicI64>,
 }
 
 impl Room {
@@ -389,6 +432,20 @@ impl Room {
                     self.core.edit(edit, estimate, reply);
                     self.recover_if_poisoned().await?;
                 }
+                RoomMsg::Feed => {}
+                RoomMsg::DeletedElsewhere => {
+                    tracing::info!("document deleted on another node");
+                    return Err(Error::DocDeleted);
+                }
+                RoomMsg::RemoteAwareness { node, frame } => {
+                    self.core.remote_awareness(&node, &frame);
+                }
+                RoomMsg::NodeGone { node } => self.core.node_gone(&node),
+                RoomMsg::SendAway => {
+                    return Err(Error::Store(crate::store::StoreError::Unavailable(
+                        "the database is unreachable".into(),
+                    )));
+                }
                 RoomMsg::Delete { reply } => {
                     // What came before the delete is committed (and answered) first.
                     self.flush().await?;
@@ -411,7 +468,46 @@ impl Room {
         if self.config.awareness_batch_ms == 0 {
             self.core.flush_awareness();
         }
-        self.flush().await
+        self.flush().await?;
+        self.follow_feed().await
+    }
+
+    /// Reads and applies what other nodes committed past what this room holds (rings of the
+    /// doorbell, or a gap below our own commit), then relays it. An unreachable store only
+    /// delays it: the next doorbell or poll tries again.
+    async fn follow_feed(&mut self) -> Result<(), Error> {
+        for _ in 0..4 {
+            let target = self.feed_head.load(Ordering::Acquire).max(self.core.known_head());
+            if target <= self.core.applied() {
+                break;
+            }
+            let after = self.core.applied();
+            match self.store.since(&self.lease.doc_id, after, target).await {
+                Ok(crate::store::Since::Rows(rows)) => {
+                    if rows.is_empty() {
+                        break;
+                    }
+                    self.core.remote_rows(rows);
+                }
+                Ok(crate::store::Since::Reload(loaded)) => self.core.remote_reload(&loaded),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read other nodes' updates yet");
+                    break;
+                }
+            }
+            if self.core.is_reset() {
+                return Err(Error::DocDeleted);
+            }
+            self.recover_if_poisoned().await?;
+            self.flush().await?;
+            if self.core.applied() == after {
+                break;
+            }
+        }
+        if self.core.is_reset() {
+            return Err(Error::DocDeleted);
+        }
+        Ok(())
     }
 
     /// After yrs panicked mid-update: commit what was good before it, then rebuild the
@@ -438,6 +534,12 @@ impl Room {
         }
         self.core.release();
         debug_assert!(!self.core.has_pending(), "everything queued was released");
+        for frame in self.core.take_published() {
+            self.store.publish(crate::store::Publish::Awareness {
+                doc: &self.lease.doc_id,
+                frame: &frame,
+            });
+        }
         Ok(())
     }
 

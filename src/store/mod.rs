@@ -1,6 +1,11 @@
 //! Durable storage of documents: per document, a snapshot and an append-only log of the raw
-//! updates after it. This file is the API the rest of the server sees; `sqlite` is the one
-//! backend today, and nothing outside this folder knows SQL or sees a `sqlx` type.
+//! updates after it. This file is the API the rest of the server sees; `sqlite` (embedded,
+//! one node) and `postgres` (shared by several nodes) are the backends, and nothing outside
+//! this folder knows SQL or sees a `sqlx` type.
+//!
+//! A shared backend also carries the nodes' conversation (`FeedEvent`s in, `publish` out):
+//! which documents another node committed, presence, heartbeats. It is the database's own
+//! notification mechanism, so the cluster needs nothing but the database it stores in.
 //!
 //! Seqs are handed out here, by the backend, inside the transaction that writes the rows,
 //! never computed in a room's memory: that is what lets a second writer (a later shared
@@ -11,6 +16,8 @@
 //! (`StoreError::Corrupt`) rather than served in part, which a later compaction would
 //! then make permanent.
 
+mod job;
+mod postgres;
 mod sqlite;
 
 use std::sync::Mutex;
@@ -40,6 +47,18 @@ pub enum StoreError {
     /// What is stored for this document does not add up; it is refused, not served.
     #[error("stored data of {doc:?} is inconsistent: {detail}")]
     Corrupt { doc: String, detail: String },
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// A lost connection, a closed pool or a crashed worker is `Unavailable` (worth waiting
+    /// for); anything the database itself refused is `Database`.
+    fn from(e: sqlx::Error) -> StoreError {
+        if postgres::is_transient(&e) {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Database(e.to_string())
+        }
+    }
 }
 
 impl StoreError {
@@ -142,7 +161,46 @@ pub(crate) struct Store {
 #[derive(Clone)]
 enum Backend {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
 }
+
+/// What a shared store tells this node about the others (PostgreSQL only).
+#[derive(Debug)]
+pub(crate) enum FeedEvent {
+    /// Another node committed updates to `doc`, up to seq `head`.
+    Committed { doc: DocId, head: i64 },
+    /// Another node deleted `doc`.
+    Deleted { doc: DocId },
+    /// Presence from another node's peers: an awareness frame as sent to clients.
+    Awareness { doc: DocId, node: String, frame: Bytes },
+    /// Another node's heartbeat.
+    NodeAlive { node: String },
+    /// Another node said goodbye (a clean shutdown): its peers' presence goes now.
+    NodeGone { node: String },
+    /// The deny list changed.
+    Revoked,
+    /// The feed was (re)connected: anything sent before may have been missed.
+    Resync,
+}
+
+/// What a node is missing of a document it holds.
+#[derive(Debug)]
+pub(crate) enum Since {
+    /// The rows after the asked seq, in order, gapless (possibly none).
+    Rows(Vec<(i64, Vec<u8>)>),
+    /// Those rows were compacted away: the whole document, to merge.
+    Reload(Loaded),
+}
+
+/// What a node says to the others (PostgreSQL only; nothing on SQLite).
+pub(crate) enum Publish<'a> {
+    Awareness { doc: &'a DocId, frame: &'a [u8] },
+    Alive,
+}
+
+/// The largest awareness frame that fits in one notification (base64 of it, with the
+/// document and node names, must stay under PostgreSQL's 8,000-byte payload limit).
+pub(crate) const MAX_PUBLISHED_FRAME: usize = 5_000;
 
 /// Opens the embedded SQLite store in `data_dir`. Fails (with a message for the operator)
 /// when another process holds the directory, the database is read-only, or migrations fail.
@@ -158,11 +216,87 @@ pub(crate) async fn open_sqlite(
     Ok((Store { backend: Backend::Sqlite(store) }, writer))
 }
 
+/// Opens the shared PostgreSQL store at `url` (migrating it if needed). `instance` names
+/// this process in notifications; `timeout` is how long writes wait through an outage
+/// before they fail. The returned future is the writer and the feed.
+pub(crate) async fn open_postgres(
+    url: &str,
+    instance: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<(Store, impl Future<Output = ()> + Send + 'static)> {
+    let (store, tasks) = postgres::PgStore::open(url, instance, timeout).await?;
+    Ok((Store { backend: Backend::Postgres(store) }, tasks))
+}
+
 impl Store {
+    /// Whether other nodes share this store (and so the cluster loop must run).
+    pub(crate) fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// The other nodes' notifications; `Some` once, for the cluster loop.
+    pub(crate) fn take_feed(&self) -> Option<tokio::sync::mpsc::Receiver<FeedEvent>> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(s) => s.take_feed(),
+        }
+    }
+
+    /// Tells the other nodes, best effort (presence and heartbeats are renewed anyway).
+    pub(crate) fn publish(&self, what: Publish<'_>) {
+        let Backend::Postgres(s) = &self.backend else { return };
+        let base64 = |b: &[u8]| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(b)
+        };
+        match what {
+            Publish::Awareness { doc, frame } => s.publish(
+                postgres::CHANNEL_AWARENESS,
+                format!("{doc} {} {}", base64(frame), s.instance()),
+            ),
+            Publish::Alive => s.publish(postgres::CHANNEL_NODES, format!("alive {}", s.instance())),
+        }
+    }
+
+    /// Tells the other nodes this one is going (they drop its peers' presence at once).
+    pub(crate) async fn say_goodbye(&self) {
+        let Backend::Postgres(s) = &self.backend else { return };
+        let bye = format!("bye {}", s.instance());
+        if let Err(e) = s.publish_now(postgres::CHANNEL_NODES, bye).await {
+            tracing::warn!(error = %e, "could not tell the other nodes we are leaving");
+        }
+    }
+
+    /// The rows of `doc` after seq `after`; `head` is the seq the caller knows exists.
+    pub(crate) async fn since(&self, doc: &DocId, after: i64, head: i64) -> Result<Since> {
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(Since::Reload(s.load(doc).await?)),
+            Backend::Postgres(s) => s.since(doc, after, head).await,
+        }
+    }
+
+    /// The current head of each of `docs` that has one (the safety poll).
+    pub(crate) async fn heads(&self, docs: &[DocId]) -> Result<Vec<(DocId, i64)>> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(Vec::new()),
+            Backend::Postgres(s) => s.heads(docs).await,
+        }
+    }
+
+    /// How long the database has been unreachable, if it is (PostgreSQL only; SQLite is a
+    /// file and is never "unreachable"), and the limit after which peers are sent away.
+    pub(crate) fn outage(&self) -> Option<(std::time::Duration, std::time::Duration)> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(s) => s.outage().map(|(d, _)| (d, s.outage_limit())),
+        }
+    }
+
     /// Reads the snapshot and the log tail consistently (one read transaction).
     pub(crate) async fn load(&self, doc: &DocId) -> Result<Loaded> {
         match &self.backend {
             Backend::Sqlite(s) => s.load(doc).await,
+            Backend::Postgres(s) => s.load(doc).await,
         }
     }
 
@@ -170,6 +304,7 @@ impl Store {
     pub(crate) async fn append(&self, doc: &DocId, updates: Vec<Bytes>) -> Result<Appended> {
         match &self.backend {
             Backend::Sqlite(s) => s.append(doc, updates).await,
+            Backend::Postgres(s) => s.append(doc, updates).await,
         }
     }
 
@@ -184,6 +319,7 @@ impl Store {
     ) -> Result<bool> {
         match &self.backend {
             Backend::Sqlite(s) => s.compact(doc, snapshot, upto_seq).await,
+            Backend::Postgres(s) => s.compact(doc, snapshot, upto_seq).await,
         }
     }
 
@@ -191,6 +327,7 @@ impl Store {
     pub(crate) async fn revoke(&self, revocation: &Revocation) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(s) => s.revoke(revocation).await,
+            Backend::Postgres(s) => s.revoke(revocation).await,
         }
     }
 
@@ -198,6 +335,7 @@ impl Store {
     pub(crate) async fn revocations(&self) -> Result<Vec<Revocation>> {
         match &self.backend {
             Backend::Sqlite(s) => s.revocations().await,
+            Backend::Postgres(s) => s.revocations().await,
         }
     }
 
@@ -211,6 +349,7 @@ impl Store {
     ) -> Result<Vec<DocSummary>> {
         match &self.backend {
             Backend::Sqlite(s) => s.list(prefix, after, limit).await,
+            Backend::Postgres(s) => s.list(prefix, after, limit).await,
         }
     }
 
@@ -218,6 +357,7 @@ impl Store {
     pub(crate) async fn summary(&self, doc: &DocId) -> Result<Option<DocSummary>> {
         match &self.backend {
             Backend::Sqlite(s) => s.summary(doc).await,
+            Backend::Postgres(s) => s.summary(doc).await,
         }
     }
 
@@ -226,36 +366,42 @@ impl Store {
     pub(crate) async fn delete(&self, doc: &DocId) -> Result<bool> {
         match &self.backend {
             Backend::Sqlite(s) => s.delete(doc).await,
+            Backend::Postgres(s) => s.delete(doc).await,
         }
     }
 
     pub(crate) async fn record_webhook(&self, outcome: WebhookOutcome) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(s) => s.record_webhook(outcome).await,
+            Backend::Postgres(_) => Err(no_webhooks()),
         }
     }
 
     pub(crate) async fn webhook_due(&self, now: i64, limit: i64) -> Result<Vec<WebhookEvent>> {
         match &self.backend {
             Backend::Sqlite(s) => s.webhook_due(now, limit).await,
+            Backend::Postgres(_) => Ok(Vec::new()),
         }
     }
 
     pub(crate) async fn webhook_next_due(&self) -> Result<Option<i64>> {
         match &self.backend {
             Backend::Sqlite(s) => s.webhook_next_due().await,
+            Backend::Postgres(_) => Ok(None),
         }
     }
 
     pub(crate) async fn webhook_status(&self) -> Result<Vec<WebhookStatus>> {
         match &self.backend {
             Backend::Sqlite(s) => s.webhook_status().await,
+            Backend::Postgres(_) => Ok(Vec::new()),
         }
     }
 
     pub(crate) async fn webhook_events_queued(&self) {
         match &self.backend {
             Backend::Sqlite(s) => s.webhook_events_queued().await,
+            Backend::Postgres(_) => std::future::pending().await,
         }
     }
 
@@ -263,8 +409,15 @@ impl Store {
     pub(crate) async fn health(&self) -> Result<(), String> {
         match &self.backend {
             Backend::Sqlite(s) => s.health().await,
+            Backend::Postgres(s) => s.health().await,
         }
     }
+}
+
+/// Webhooks keep their outbox in the SQLite database; `serve` refuses `--webhook-url` with
+/// `--database-url`, so this is only ever reached by a bug.
+fn no_webhooks() -> StoreError {
+    StoreError::Unavailable("webhooks are not available on PostgreSQL".into())
 }
 
 /// A deny-list entry (see `auth::revoke`): stored here, decided there.

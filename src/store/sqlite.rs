@@ -27,6 +27,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::{mpsc, oneshot};
 
+use super::job::{Done, Job};
 use super::{
     Appended, DocSummary, Health, Loaded, MAX_SEQ, Result, Revocation, RevocationKind, StoreError,
     WebhookEvent, WebhookOutbox, WebhookOutcome, WebhookStatus, check_log,
@@ -43,17 +44,6 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
 /// A WAL this large means automatic checkpoints are not keeping up (SQLite's own runs at
 /// ~4 MiB); the writer then checkpoints itself and says so if that fails.
 const WAL_WARN_BYTES: u64 = 64 * 1024 * 1024;
-
-impl From<sqlx::Error> for StoreError {
-    fn from(e: sqlx::Error) -> StoreError {
-        match e {
-            sqlx::Error::PoolClosed | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => {
-                StoreError::Unavailable(e.to_string())
-            }
-            other => StoreError::Database(other.to_string()),
-        }
-    }
-}
 
 #[derive(Clone)]
 pub(super) struct SqliteStore {
@@ -89,93 +79,6 @@ impl Shared {
             )),
             Ok(_) => None,
             Err(e) => Some(format!("cannot stat {}: {e}", self.wal_path.display())),
-        }
-    }
-}
-
-enum Job {
-    Append {
-        doc: DocId,
-        updates: Vec<Bytes>,
-        reply: oneshot::Sender<Result<Appended>>,
-    },
-    Compact {
-        doc: DocId,
-        snapshot: Vec<u8>,
-        upto_seq: i64,
-        reply: oneshot::Sender<Result<bool>>,
-    },
-    /// A deny-list entry (rare; it rides along with whatever group is committing).
-    Revoke {
-        revocation: Revocation,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    /// Every stored row of a document goes; true if there was any.
-    Delete {
-        doc: DocId,
-        reply: oneshot::Sender<Result<bool>>,
-    },
-    /// What a webhook delivery attempt came to.
-    Webhook {
-        outcome: WebhookOutcome,
-        reply: oneshot::Sender<Result<()>>,
-    },
-}
-
-/// What one job did, inside a group that committed.
-enum Done {
-    Appended(Appended),
-    Compacted(bool),
-    Revoked,
-    Deleted(bool),
-    Recorded,
-}
-
-impl Job {
-    fn reply(self, result: Result<Done>) {
-        // The room may have gone away (shutdown); nothing to tell then.
-        match self {
-            Job::Append { reply, .. } => {
-                let _ = reply.send(result.and_then(|done| match done {
-                    Done::Appended(a) => Ok(a),
-                    _ => Err(StoreError::Unavailable("writer mixed up replies".into())),
-                }));
-            }
-            Job::Compact { reply, .. } => {
-                let _ = reply.send(result.and_then(|done| match done {
-                    Done::Compacted(c) => Ok(c),
-                    _ => Err(StoreError::Unavailable("writer mixed up replies".into())),
-                }));
-            }
-            Job::Revoke { reply, .. } => {
-                let _ = reply.send(result.and_then(|done| match done {
-                    Done::Revoked => Ok(()),
-                    _ => Err(StoreError::Unavailable("writer mixed up replies".into())),
-                }));
-            }
-            Job::Delete { reply, .. } => {
-                let _ = reply.send(result.and_then(|done| match done {
-                    Done::Deleted(existed) => Ok(existed),
-                    _ => Err(StoreError::Unavailable("writer mixed up replies".into())),
-                }));
-            }
-            Job::Webhook { reply, .. } => {
-                let _ = reply.send(result.and_then(|done| match done {
-                    Done::Recorded => Ok(()),
-                    _ => Err(StoreError::Unavailable("writer mixed up replies".into())),
-                }));
-            }
-        }
-    }
-
-    /// What the job is about, for log lines.
-    fn subject(&self) -> &str {
-        match self {
-            Job::Append { doc, .. } | Job::Compact { doc, .. } | Job::Delete { doc, .. } => {
-                doc.as_str()
-            }
-            Job::Revoke { .. } => "(deny list)",
-            Job::Webhook { .. } => "(webhook outbox)",
         }
     }
 }

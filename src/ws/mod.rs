@@ -359,6 +359,15 @@ fn expiry_instant(exp: u64) -> Instant {
 async fn run_peer(mut conn: Conn, joining: Joining, deps: ConnDeps) {
     let ConnDeps { rooms, config, shutdown, auth, .. } = deps;
     let Joining { doc_id, peer, browser, can_write, identity } = joining;
+    // A node cut off from its database for too long sends clients to a healthy node.
+    if let Some((down, limit)) = rooms.store_outage()
+        && down >= limit
+    {
+        let e = Error::Store(crate::store::StoreError::Unavailable("database unreachable".into()));
+        tracing::warn!(code = e.close_code(), "connection refused: database unreachable");
+        conn.close(&e, CLOSE_TIMEOUT, CLOSE_LINGER, &shutdown).await;
+        return;
+    }
     let joined = match rooms.join(&doc_id, peer, browser, can_write, conn.outbox.clone()).await {
         Ok(joined) => joined,
         Err(e) => {

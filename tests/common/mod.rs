@@ -3,6 +3,8 @@
 #![allow(dead_code)] // each test binary uses a different subset
 #![allow(unreachable_pub)] // a module of each test crate: `pub` is how tests reach it
 
+pub mod pg;
+
 #[path = "../../src/bin/tandem-bench/http.rs"]
 mod http_client;
 

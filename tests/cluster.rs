@@ -1,0 +1,165 @@
+//! Several nodes on one PostgreSQL database (issue #11): clients spread over them converge,
+//! presence crosses nodes, a killed node loses nothing it echoed, a database restart loses
+//! nothing echoed. Every test makes its own database; without a PostgreSQL server they
+//! skip (see `common::pg`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, WAIT, YClient, pg, spawn_binary};
+use tokio::time::{Instant, sleep, timeout};
+
+async fn node(db: &pg::PgDb) -> TestServer {
+    let url = db.url.clone();
+    TestServer::start_with(move |c| {
+        c.database_url = Some(url);
+        c.max_updates_per_sec = 0.0;
+        c.cluster_poll_secs = 0.5;
+    })
+    .await
+}
+
+/// Pumps every client until all hold the same text, which contains each of `expected`.
+async fn converge(clients: &mut [YClient], expected: &[String]) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        for c in clients.iter_mut() {
+            c.pump_for(Duration::from_millis(20)).await;
+        }
+        let first = clients[0].text();
+        let all_same = clients.iter().all(|c| c.text() == first);
+        if all_same && expected.iter().all(|e| first.contains(e)) {
+            return first;
+        }
+        if Instant::now() > deadline {
+            let texts: Vec<String> = clients.iter().map(|c| c.text()).collect();
+            panic!("no convergence: {texts:#?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn clients_on_three_nodes_converge_and_a_late_joiner_anywhere_gets_everything() {
+    let Some(db) = pg::fresh("cluster convergence").await else { return };
+    let nodes = [node(&db).await, node(&db).await, node(&db).await];
+    let mut clients = Vec::new();
+    for n in &nodes {
+        clients.push(YClient::join_url(&n.url("shared")).await);
+    }
+    let mut expected = Vec::new();
+    for round in 0..15 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            let mark = format!("<{i}.{round}>");
+            c.try_push(&mark).await;
+            expected.push(mark);
+        }
+        sleep(Duration::from_millis(3)).await;
+    }
+    let text = converge(&mut clients, &expected).await;
+    for n in &nodes {
+        let late = YClient::join_url(&n.url("shared")).await;
+        assert_eq!(late.text(), text, "a late joiner on {} has everything", n.addr);
+    }
+    // And it is all in the shared store: a fresh node reads it back.
+    let fresh = node(&db).await;
+    assert_eq!(YClient::join_url(&fresh.url("shared")).await.text(), text);
+}
+
+#[tokio::test]
+async fn presence_crosses_nodes_and_is_retracted_when_its_peer_leaves() {
+    let Some(db) = pg::fresh("cluster presence").await else { return };
+    let (a, b) = (node(&db).await, node(&db).await);
+    let mut on_a = YClient::join_url(&a.url("room")).await;
+    let mut on_b = YClient::join_url(&b.url("room")).await;
+    on_a.set_awareness(101, 1, r#"{"user":{"name":"Ada"}}"#).await;
+    on_b.pump_until(|c| c.live_awareness() == vec![101]).await;
+    on_b.set_awareness(202, 1, r#"{"user":{"name":"Bob"}}"#).await;
+    on_a.pump_until(|c| c.live_awareness() == vec![101, 202]).await;
+    // A joiner on B sees A's peer too.
+    let mut late = YClient::join_url(&b.url("room")).await;
+    late.pump_until(|c| c.live_awareness() == vec![101, 202]).await;
+    on_a.close().await;
+    on_b.pump_until(|c| c.live_awareness() == vec![202]).await;
+    late.pump_until(|c| c.live_awareness() == vec![202]).await;
+}
+
+#[tokio::test]
+async fn a_node_that_stops_cleanly_retracts_its_peers_presence_elsewhere_within_5_s() {
+    let Some(db) = pg::fresh("cluster clean stop").await else { return };
+    let (a, b) = (node(&db).await, node(&db).await);
+    let mut on_a = YClient::join_url(&a.url("room")).await;
+    let mut on_b = YClient::join_url(&b.url("room")).await;
+    on_a.set_awareness(7, 1, r#"{"user":{"name":"Ada"}}"#).await;
+    on_b.pump_until(|c| c.live_awareness() == vec![7]).await;
+    let stopped = Instant::now();
+    let stopping = tokio::spawn(a.stop());
+    on_a.pump_for(Duration::from_millis(50)).await;
+    timeout(Duration::from_secs(5), on_b.pump_until(|c| c.live_awareness().is_empty()))
+        .await
+        .expect("presence retracted within 5 s");
+    println!("retracted {} ms after the stop began", stopped.elapsed().as_millis());
+    let _ = stopping.await;
+}
+
+#[tokio::test]
+async fn a_node_killed_mid_stream_loses_nothing_it_echoed() {
+    let Some(db) = pg::fresh("cluster sigkill").await else { return };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let args = ["--database-url", db.url.as_str(), "--max-updates-per-sec", "0"];
+    let (mut victim, victim_addr) = spawn_binary(tmp.path(), &args).await.expect("node 1");
+    let (_two, two_addr) = spawn_binary(tmp.path(), &args).await.expect("node 2");
+    let (_three, three_addr) = spawn_binary(tmp.path(), &args).await.expect("node 3");
+    let doc = |addr: &str| format!("ws://{addr}/ws/crash");
+    // A writer on each surviving node too, so the victim's rows interleave with theirs.
+    let mut writer = YClient::join_url(&doc(&victim_addr)).await;
+    let mut other = YClient::join_url(&doc(&two_addr)).await;
+    // What the victim relayed (it relays only what is committed) is what was echoed.
+    let mut observer = YClient::join_url(&doc(&victim_addr)).await;
+    // The writer's cursor is seen on node 2; once its node is dead it must go.
+    writer.set_awareness(55, 1, r#"{"user":{"name":"Ada"}}"#).await;
+    other.pump_until(|c| c.live_awareness() == vec![55]).await;
+    let mut sent = 0u32;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(600) {
+        for _ in 0..20 {
+            writer.try_push(&format!("<{sent}>")).await;
+            sent += 1;
+        }
+        other.try_push(&format!("[{}]", sent)).await;
+        writer.pump_for(Duration::from_millis(2)).await;
+        other.pump_for(Duration::from_millis(1)).await;
+        observer.pump_for(Duration::from_millis(1)).await;
+    }
+    let before_burst = writer.updates_received;
+    for _ in 0..2000 {
+        writer.try_push(&format!("<{sent}>")).await;
+        sent += 1;
+    }
+    writer.pump_until(|c| c.updates_received > before_burst + 20).await;
+    victim.start_kill().expect("SIGKILL");
+    let _ = victim.wait().await;
+    observer.pump_for(Duration::from_millis(300)).await;
+    let seen = observer.text();
+    let echoed: Vec<u32> = (0..sent).filter(|i| seen.contains(&format!("<{i}>"))).collect();
+    assert!((echoed.len() as u32) < sent, "the kill landed after everything was committed");
+    println!("sent {sent}, {} echoed or seen before the kill", echoed.len());
+    assert!(!echoed.is_empty());
+    let check = |text: String, through: &str| {
+        let missing: Vec<u32> =
+            echoed.iter().copied().filter(|i| !text.contains(&format!("<{i}>"))).collect();
+        assert!(missing.is_empty(), "through {through}: echoed updates lost: {missing:?}");
+    };
+    check(YClient::join_url(&doc(&two_addr)).await.text(), "node 2");
+    check(YClient::join_url(&doc(&three_addr)).await.text(), "node 3");
+    let killed = Instant::now();
+    while !other.live_awareness().is_empty() {
+        assert!(killed.elapsed() < Duration::from_secs(30), "a dead node's presence stays");
+        other.pump_for(Duration::from_millis(100)).await;
+    }
+    println!("dead node's presence removed {} ms after the kill", killed.elapsed().as_millis());
+    drop((_two, _three, other));
+    // A full restart of every node.
+    let (_again, again_addr) = spawn_binary(tmp.path(), &args).await.expect("restart");
+    check(YClient::join_url(&doc(&again_addr)).await.text(), "a restarted node");
+}
