@@ -163,3 +163,55 @@ async fn a_node_killed_mid_stream_loses_nothing_it_echoed() {
     let (_again, again_addr) = spawn_binary(tmp.path(), &args).await.expect("restart");
     check(YClient::join_url(&doc(&again_addr)).await.text(), "a restarted node");
 }
+
+#[tokio::test]
+async fn through_a_database_outage_writes_wait_for_their_commit_then_peers_are_sent_away() {
+    let Some(db) = pg::fresh("cluster outage").await else { return };
+    let blip = pg::Blip::new(&db).await;
+    let url = blip.url.clone();
+    let node = TestServer::start_with(move |c| {
+        c.database_url = Some(url);
+        c.database_timeout_secs = 3.0;
+    })
+    .await;
+    let mut client = YClient::join_url(&node.url("held")).await;
+    client.insert(0, "before ").await;
+    client.pump_until(|c| c.updates_received == 1).await;
+
+    // A short outage: the write is held, not echoed, and /healthz says so.
+    blip.cut();
+    client.insert(7, "during ").await;
+    client.pump_for(Duration::from_millis(1200)).await;
+    assert_eq!(client.updates_received, 1, "an update was echoed without a commit");
+    assert_eq!(common::http_get(&node.http("/healthz")).await.0, 503);
+    blip.restore();
+    client.pump_until(|c| c.updates_received == 2).await;
+    let deadline = Instant::now() + WAIT;
+    while common::http_get(&node.http("/healthz")).await.0 != 200 {
+        assert!(Instant::now() < deadline, "/healthz never recovered");
+        sleep(Duration::from_millis(100)).await;
+    }
+
+    // A long one: past the limit the peers are closed with 1013 and newcomers refused.
+    blip.cut();
+    let cut_at = Instant::now();
+    client.insert(14, "lost? ").await;
+    let (code, reason) = client.expect_close().await;
+    assert_eq!(code, 1013, "{reason}");
+    let waited = cut_at.elapsed();
+    assert!(waited >= Duration::from_millis(2500), "sent away after only {waited:?}");
+    let mut newcomer = YClient::connect(&node.url("held")).await.expect("upgrade");
+    assert_eq!(newcomer.expect_close().await.0, 1013);
+    blip.restore();
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        if let Ok(mut c) = YClient::connect(&node.url("held")).await
+            && let Ok(text) = c.expect_close_or_text().await
+        {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the node never took clients again");
+        sleep(Duration::from_millis(200)).await;
+    };
+    assert!(text.starts_with("before during "), "echoed updates kept: {text:?}");
+}

@@ -74,3 +74,68 @@ impl Drop for PgDb {
         .join();
     }
 }
+
+/// A TCP proxy in front of the PostgreSQL server, which a test can cut (every connection
+/// through it reset, new ones refused at once) and restore: a database outage for one node
+/// without touching the server the other tests use.
+pub struct Blip {
+    /// `url` with the proxy's port: what the node under test is given.
+    pub url: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    epoch: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Blip {
+    pub async fn new(db: &PgDb) -> Blip {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let rest = db.url.strip_prefix("postgres://").expect("a postgres:// url");
+        let (userinfo, hostpath) = rest.split_once('@').expect("user@host");
+        let (hostport, path) = hostpath.split_once('/').expect("host/db");
+        let upstream = hostport.to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let (epoch, _) = tokio::sync::watch::channel(0u64);
+        let epoch = Arc::new(epoch);
+        let task = tokio::spawn({
+            let (cut, epoch) = (cut.clone(), epoch.clone());
+            async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if cut.load(Ordering::SeqCst) {
+                        continue; // dropped: the node sees its connection reset
+                    }
+                    let upstream = upstream.clone();
+                    let mut cancelled = epoch.subscribe();
+                    tokio::spawn(async move {
+                        let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = cancelled.changed() => {}
+                        }
+                    });
+                }
+            }
+        });
+        Blip { url: format!("postgres://{userinfo}@127.0.0.1:{port}/{path}"), cut, epoch, task }
+    }
+
+    /// The database becomes unreachable through the proxy.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.epoch.send_modify(|e| *e += 1);
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Blip {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
