@@ -30,7 +30,7 @@ async fn an_immediate_postgres_restart_under_load_loses_nothing_echoed() {
             .await,
         );
     }
-    let mut writers = vec![
+    let mut writers = [
         YClient::join_url(&nodes[0].url("load")).await,
         YClient::join_url(&nodes[1].url("load")).await,
     ];
@@ -65,7 +65,11 @@ async fn an_immediate_postgres_restart_under_load_loses_nothing_echoed() {
     assert!(status.success(), "{restart} failed");
     let committed_before: Vec<String> =
         sent.iter().filter(|m| observers.iter().any(|o| o.text().contains(*m))).cloned().collect();
-    println!("sent {}, {} seen committed by the end of the stream", sent.len(), committed_before.len());
+    println!(
+        "sent {}, {} seen committed by the end of the stream",
+        sent.len(),
+        committed_before.len()
+    );
     // Everyone converges on everything sent: held writes are committed once it is back.
     let deadline = Instant::now() + WAIT * 3;
     loop {

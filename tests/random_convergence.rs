@@ -1,12 +1,14 @@
 //! Seeded random scenario: several clients edit, drop off (cleanly or not), edit offline,
 //! come back; everyone converges, and so does a reload from the store. The seed is printed;
-//! rerun one with `TANDEM_SEED=<seed> cargo test --test random_convergence`.
+//! rerun one with `TANDEM_SEED=<seed> cargo test --test random_convergence`. The same
+//! scenario runs on three nodes sharing one PostgreSQL database, each reconnect landing on a
+//! random node (skipped without a PostgreSQL server; see `common::pg`).
 
 mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, YClient, reload_text};
+use common::{TestServer, YClient, pg, reload_text};
 use yrs::{Doc, GetString, Text, Transact};
 
 struct Peer {
@@ -18,13 +20,28 @@ fn text_of(doc: &Doc) -> String {
     doc.get_or_insert_text("t").get_string(&doc.transact())
 }
 
-async fn run_scenario(seed: u64, n_peers: usize, steps: usize) {
-    println!("seed {seed}");
+/// `db`: run on three nodes sharing it; None: one node on SQLite.
+async fn run_scenario(seed: u64, n_peers: usize, steps: usize, db: Option<&pg::PgDb>) {
+    println!("seed {seed}{}", if db.is_some() { " (three nodes)" } else { "" });
     let mut rng = fastrand::Rng::with_seed(seed);
-    let server = TestServer::start_with(|c| c.compact_updates = 50).await;
+    let doc = format!("rand-{seed}");
+    let node = || async {
+        let url = db.map(|db| db.url.clone());
+        TestServer::start_with(move |c| {
+            c.compact_updates = 50;
+            c.database_url = url;
+        })
+        .await
+    };
+    let mut servers = vec![node().await];
+    if db.is_some() {
+        servers.push(node().await);
+        servers.push(node().await);
+    }
     let mut peers = Vec::new();
     for _ in 0..n_peers {
-        let client = YClient::join(&server, "rand").await;
+        let server = &servers[rng.usize(..servers.len())];
+        let client = YClient::join(server, &doc).await;
         peers.push(Peer { doc: client.doc.clone(), client: Some(client) });
     }
     for _ in 0..steps {
@@ -70,14 +87,16 @@ async fn run_scenario(seed: u64, n_peers: usize, steps: usize) {
             },
             _ => {
                 if peer.client.is_none() {
-                    peer.client = Some(YClient::join_with(&server, "rand", peer.doc.clone()).await);
+                    let server = &servers[rng.usize(..servers.len())];
+                    peer.client = Some(YClient::join_with(server, &doc, peer.doc.clone()).await);
                 }
             }
         }
     }
     for peer in &mut peers {
         if peer.client.is_none() {
-            peer.client = Some(YClient::join_with(&server, "rand", peer.doc.clone()).await);
+            let server = &servers[rng.usize(..servers.len())];
+            peer.client = Some(YClient::join_with(server, &doc, peer.doc.clone()).await);
         }
     }
     // Converge: pump everyone until all texts agree, with a deadline.
@@ -95,14 +114,22 @@ async fn run_scenario(seed: u64, n_peers: usize, steps: usize) {
         assert!(tokio::time::Instant::now() < deadline, "seed {seed}: no convergence: {texts:#?}");
     }
     let expected = text_of(&peers[0].doc);
-    let data_dir = server.data_dir.clone();
     for peer in peers {
         if let Some(c) = peer.client {
             c.close().await;
         }
     }
+    if db.is_some() {
+        // What the shared store holds, through a node that never saw the scenario.
+        let fresh = node().await;
+        let stored = YClient::join(&fresh, &doc).await.text();
+        assert_eq!(stored, expected, "seed {seed}: the store differs");
+        return;
+    }
+    let server = servers.remove(0);
+    let data_dir = server.data_dir.clone();
     let tmp = server.stop().await;
-    assert_eq!(reload_text(&data_dir, "rand").await, expected, "seed {seed}: reload differs");
+    assert_eq!(reload_text(&data_dir, &doc).await, expected, "seed {seed}: reload differs");
     drop(tmp);
 }
 
@@ -121,6 +148,14 @@ fn seeds() -> Vec<u64> {
 #[tokio::test]
 async fn random_edits_disconnects_and_reconnects_converge() {
     for seed in seeds() {
-        run_scenario(seed, 4, 400).await;
+        run_scenario(seed, 4, 400, None).await;
+    }
+}
+
+#[tokio::test]
+async fn the_same_on_three_nodes_with_clients_moving_between_them() {
+    let Some(db) = pg::fresh("random scenario on three nodes").await else { return };
+    for seed in seeds() {
+        run_scenario(seed, 4, 400, Some(&db)).await;
     }
 }
