@@ -104,9 +104,15 @@ pub async fn serve(
         let worker = webhook::Worker::new(store.clone(), &config, node.clone(), webhooks.clone());
         tracker.spawn(worker.run(token.clone()));
     }
+    // With a shared store: the loop that hears the other nodes. It holds clones of the
+    // store and the rooms only until shutdown, so the writer can finish after it.
+    let cluster = store.take_feed().map(|feed| {
+        let (store, rooms, auth) = (store.clone(), rooms.clone(), auth.clone());
+        (feed, cluster::Cluster { store, rooms, auth, poll: config.cluster_poll() })
+    });
     let state = http::AppState {
         config: config.clone(),
-        store: store.clone(),
+        store,
         node: node.clone(),
         webhooks,
         web: Arc::new(web),
@@ -118,13 +124,11 @@ pub async fn serve(
             tracker: tracker.clone(),
             shutdown: token.clone(),
         },
-        auth: auth.clone(),
-        rooms: rooms.clone(),
+        auth,
+        rooms,
     };
-    if let Some(feed) = store.take_feed() {
+    if let Some((feed, cluster)) = cluster {
         tracing::info!(node, "sharing documents with other nodes through PostgreSQL");
-        let cluster =
-            cluster::Cluster { store: store.clone(), rooms, auth, poll: config.cluster_poll() };
         tracker.spawn(cluster.run(feed, token.clone()));
     }
     let addr = listener.local_addr()?;

@@ -25,16 +25,36 @@ use crate::proc;
 #[derive(Clone)]
 pub(crate) struct Target {
     pub label: String,
-    /// WebSocket URL with `{room}` where the document name goes.
-    pub url: String,
+    /// WebSocket URL with `{room}` where the document name goes; one per node of a cluster
+    /// (the clients of every room are spread over them in turn).
+    pub urls: Vec<String>,
     /// y-sweet needs each document created over HTTP first: `http://host:port`.
     pub ysweet: Option<String>,
+    /// The (first) server process, for RSS.
     pub pid: Option<u32>,
+    /// Every server process (all nodes of a cluster), for CPU time.
+    pub pids: Vec<u32>,
 }
 
 impl Target {
+    /// The room on the first node.
     pub(crate) fn room_url(&self, room: &str) -> String {
-        self.url.replace("{room}", room)
+        self.room_url_on(room, 0)
+    }
+
+    /// The room on node `i` (modulo the number of nodes).
+    pub(crate) fn room_url_on(&self, room: &str, i: usize) -> String {
+        let url = &self.urls[i % self.urls.len().max(1)];
+        url.replace("{room}", room)
+    }
+
+    pub(crate) fn nodes(&self) -> usize {
+        self.urls.len().max(1)
+    }
+
+    /// CPU seconds of every server process.
+    pub(crate) fn cpu_seconds(&self) -> f64 {
+        self.pids.iter().filter_map(|p| proc::cpu_seconds(*p)).sum()
     }
 
     pub(crate) async fn prepare_room(&self, room: &str) -> anyhow::Result<()> {
@@ -86,6 +106,14 @@ pub(crate) struct Outcome {
     pub peak_rss_mb: f64,
     /// Free-form extra figures (memory per connection, sync times, ...).
     pub note: String,
+    /// Nodes the clients were spread over (1 for a single server).
+    #[serde(default)]
+    pub nodes: usize,
+    /// Latency of deliveries to clients on another node than the writer's.
+    #[serde(default)]
+    pub cross_p50_ms: f64,
+    #[serde(default)]
+    pub cross_p99_ms: f64,
 }
 
 struct Shared {
@@ -95,6 +123,10 @@ struct Shared {
     delivered: AtomicU64,
     errors: AtomicU64,
     latencies: Mutex<Vec<u32>>,
+    /// The same for deliveries that crossed from one node to another.
+    cross: Mutex<Vec<u32>>,
+    /// Which node each writer's client is on.
+    writer_node: Vec<usize>,
 }
 
 const MARK: &[u8] = b"~W";
@@ -274,6 +306,10 @@ pub(crate) async fn run(target: &Target, spec: &Spec) -> anyhow::Result<Outcome>
         delivered: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         latencies: Mutex::new(Vec::new()),
+        cross: Mutex::new(Vec::new()),
+        writer_node: (0..n_writers)
+            .map(|w| (w % spec.writers_per_room.max(1)) % target.nodes())
+            .collect(),
     });
     for r in 0..spec.rooms {
         target.prepare_room(&room_name(&spec.name, r)).await?;
@@ -288,7 +324,9 @@ pub(crate) async fn run(target: &Target, spec: &Spec) -> anyhow::Result<Outcome>
     for r in 0..spec.rooms {
         for c in 0..spec.clients_per_room {
             let writer = (c < spec.writers_per_room).then(|| r * spec.writers_per_room + c);
-            let url = target.room_url(&room_name(&spec.name, r));
+            // Client c of a room is on node c mod nodes: the writer (c = 0) on the first.
+            let node = c % target.nodes();
+            let url = target.room_url_on(&room_name(&spec.name, r), node);
             let frames = writer.map(|w| frames[w].clone());
             let (shared, ready, go, connecting) =
                 (shared.clone(), ready.clone(), go.clone(), connecting.clone());
@@ -308,13 +346,15 @@ pub(crate) async fn run(target: &Target, spec: &Spec) -> anyhow::Result<Outcome>
                     }
                 };
                 go.wait().await;
-                client(socket, writer, frames, rate, duration, shared).await;
+                client(socket, writer, node, frames, rate, duration, shared).await;
             }));
         }
     }
     ready.wait().await;
     let connect_secs = connect_started.elapsed().as_secs_f64();
-    let cpu_before = target.pid.and_then(proc::cpu_seconds).unwrap_or(0.0);
+    let cpu_before = target.cpu_seconds();
+    let node_cpu_before: Vec<f64> =
+        target.pids.iter().map(|p| proc::cpu_seconds(*p).unwrap_or(0.0)).collect();
     let rss = proc::RssSampler::start(target.pid);
     let started = Instant::now();
     go.wait().await;
@@ -322,8 +362,16 @@ pub(crate) async fn run(target: &Target, spec: &Spec) -> anyhow::Result<Outcome>
         let _ = task.await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = target.pid.and_then(proc::cpu_seconds).unwrap_or(0.0) - cpu_before;
+    let cpu = target.cpu_seconds() - cpu_before;
+    let node_cpu: Vec<f64> = target
+        .pids
+        .iter()
+        .zip(node_cpu_before)
+        .map(|(p, before)| proc::cpu_seconds(*p).unwrap_or(0.0) - before)
+        .collect();
     let peak_rss = rss.finish().await;
+    let mut cross = std::mem::take(&mut *shared.cross.lock().await);
+    cross.sort_unstable();
 
     let sent: u64 =
         shared.sent_at.iter().flatten().filter(|t| t.load(Ordering::Relaxed) > 0).count() as u64;
@@ -331,12 +379,27 @@ pub(crate) async fn run(target: &Target, spec: &Spec) -> anyhow::Result<Outcome>
     let delivered = shared.delivered.load(Ordering::Relaxed);
     let mut latencies = std::mem::take(&mut *shared.latencies.lock().await);
     latencies.sort_unstable();
-    let pct = |p: f64| -> f64 {
+    let pct_of = |latencies: &[u32], p: f64| -> f64 {
         if latencies.is_empty() {
             return 0.0;
         }
         let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
         latencies[i] as f64 / 1000.0
+    };
+    let pct = |p: f64| pct_of(&latencies, p);
+    let note = if target.nodes() > 1 && delivered > 0 {
+        let per_node: Vec<String> = node_cpu
+            .iter()
+            .map(|c| format!("{:.1}", c * 1000.0 / (delivered as f64 / 1000.0)))
+            .collect();
+        format!(
+            "{} nodes; CPU ms per 1k deliveries on each node: {}; {} of {delivered} deliveries crossed nodes",
+            target.nodes(),
+            per_node.join(", "),
+            cross.len()
+        )
+    } else {
+        String::new()
     };
     // Throughput over the sending window (drain time excluded, so slow servers are not
     // flattered by a long tail and fast ones not penalised by the fixed drain wait).
@@ -358,7 +421,10 @@ pub(crate) async fn run(target: &Target, spec: &Spec) -> anyhow::Result<Outcome>
         cpu_secs: cpu,
         cpu_ms_per_1k: if delivered > 0 { cpu * 1000.0 / (delivered as f64 / 1000.0) } else { 0.0 },
         peak_rss_mb: peak_rss as f64 / 1_048_576.0,
-        note: String::new(),
+        note,
+        nodes: target.nodes(),
+        cross_p50_ms: pct_of(&cross, 0.5),
+        cross_p99_ms: pct_of(&cross, 0.99),
     })
 }
 
@@ -368,9 +434,11 @@ pub(crate) fn room_name(workload: &str, r: usize) -> String {
 
 /// One client: writes its frames at `rate` (if a writer) while reading everything, then
 /// keeps reading until the room has gone quiet.
+#[allow(clippy::too_many_arguments)]
 async fn client(
     socket: Socket,
     writer: Option<usize>,
+    node: usize,
     frames: Option<Arc<Vec<Bytes>>>,
     rate: f64,
     duration: Duration,
@@ -380,6 +448,7 @@ async fn client(
     let shared_reader = shared.clone();
     let reader = tokio::spawn(async move {
         let mut local = Vec::new();
+        let mut crossed = Vec::new();
         let mut delivered = 0u64;
         let quiet = Duration::from_secs(3);
         let hard_stop = Instant::now() + duration + Duration::from_secs(20);
@@ -411,12 +480,17 @@ async fn client(
                     .map_or(0, |t| t.load(Ordering::Relaxed));
                 if sent > 0 {
                     delivered += 1;
-                    local.push(((now.saturating_sub(sent - 1)) / 1000).min(u32::MAX as u64) as u32);
+                    let micros = ((now.saturating_sub(sent - 1)) / 1000).min(u32::MAX as u64) as u32;
+                    local.push(micros);
+                    if shared_reader.writer_node.get(w).is_some_and(|n| *n != node) {
+                        crossed.push(micros);
+                    }
                 }
             });
         }
         shared_reader.delivered.fetch_add(delivered, Ordering::Relaxed);
         shared_reader.latencies.lock().await.extend(local);
+        shared_reader.cross.lock().await.extend(crossed);
         stream
     });
     if let (Some(w), Some(frames)) = (writer, frames) {

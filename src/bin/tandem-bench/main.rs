@@ -33,12 +33,14 @@ enum Command {
         /// Server name for the tables.
         #[arg(long)]
         label: String,
-        /// WebSocket URL; `{room}` is replaced by the document name.
-        #[arg(long)]
-        url: String,
-        /// Server process id, for CPU time and RSS from /proc.
-        #[arg(long)]
-        pid: Option<u32>,
+        /// WebSocket URL; `{room}` is replaced by the document name. Several (comma-
+        /// separated): the nodes of a cluster, each room's clients spread over them.
+        #[arg(long, value_delimiter = ',')]
+        url: Vec<String>,
+        /// Server process id, for CPU time and RSS from /proc; several (comma-separated) for
+        /// a cluster (CPU is summed, RSS is the first's).
+        #[arg(long, value_delimiter = ',')]
+        pid: Vec<u32>,
         /// y-sweet: create each document at this HTTP base first.
         #[arg(long)]
         ysweet: Option<String>,
@@ -103,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
             framing,
         } => {
             load::set_framing(framing);
-            let target = Target { label, url, ysweet, pid };
+            let target = Target { label, urls: url, ysweet, pid: pid.first().copied(), pids: pid };
             let n = |x: usize| ((x as f64 * scale).round() as usize).max(2);
             let duration = Duration::from_secs_f64(secs);
             for workload in workloads.split(',').map(str::trim).filter(|w| !w.is_empty()) {
@@ -242,11 +244,17 @@ fn emit(results: &[Outcome], json: Option<&PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-const HEADER: &str = "| server | clients | deliveries/s | p50 ms | p99 ms | max ms | CPU ms per 1k deliveries | peak RSS MiB | lost | errors |";
+const HEADER: &str = "| server | clients | deliveries/s | p50 ms | p99 ms | max ms | cross-node p50 / p99 ms | CPU ms per 1k deliveries | peak RSS MiB | lost | errors |";
+const RULE: &str = "|---|---|---|---|---|---|---|---|---|---|---|";
 
 fn row(r: &Outcome) -> String {
+    let cross = if r.nodes > 1 {
+        format!("{:.2} / {:.2}", r.cross_p50_ms, r.cross_p99_ms)
+    } else {
+        "-".into()
+    };
     format!(
-        "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} |",
+        "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {cross} | {:.1} | {:.1} | {} | {} |",
         r.server,
         r.clients,
         r.deliveries_per_sec,
@@ -263,7 +271,7 @@ fn row(r: &Outcome) -> String {
 fn print_table(results: &[Outcome]) {
     for r in results {
         println!(
-            "\n### {}\n\n{HEADER}\n|---|---|---|---|---|---|---|---|---|---|\n{}",
+            "\n### {}\n\n{HEADER}\n{RULE}\n{}",
             r.workload,
             row(r)
         );
@@ -289,7 +297,7 @@ fn report(files: &[PathBuf]) -> anyhow::Result<()> {
     }
     for workload in workloads {
         let rows: Vec<&Outcome> = all.iter().filter(|r| r.workload == workload).collect();
-        println!("\n### {workload}\n\n{HEADER}\n|---|---|---|---|---|---|---|---|---|---|");
+        println!("\n### {workload}\n\n{HEADER}\n{RULE}");
         for r in &rows {
             println!("{}", row(r));
         }

@@ -136,7 +136,7 @@ pub(crate) async fn join_storm(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = target.pid.and_then(proc::rss_bytes).unwrap_or(0);
     let rss = proc::RssSampler::start(target.pid);
-    let cpu_before = target.pid.and_then(proc::cpu_seconds).unwrap_or(0.0);
+    let cpu_before = target.cpu_seconds();
     let started = Instant::now();
     let tasks: Vec<_> = (0..joiners)
         .map(|_| {
@@ -161,7 +161,7 @@ pub(crate) async fn join_storm(
         }
     }
     let all_synced = started.elapsed().as_secs_f64();
-    out.cpu_secs = target.pid.and_then(proc::cpu_seconds).unwrap_or(0.0) - cpu_before;
+    out.cpu_secs = target.cpu_seconds() - cpu_before;
     out.peak_rss_mb = rss.finish().await as f64 / 1_048_576.0;
     times.sort_by(f64::total_cmp);
     out.clients = joiners;
@@ -185,12 +185,12 @@ pub(crate) async fn durable(target: &Target, secs: f64) -> anyhow::Result<Outcom
     target.prepare_room(&room).await?;
     // More than any server here can take in `secs`; sending stops at the deadline.
     let frames = encode_frames(Kind::Doc, 0, (secs * 100_000.0) as usize, 32);
-    let cpu_before = target.pid.and_then(proc::cpu_seconds).unwrap_or(0.0);
+    let cpu_before = target.cpu_seconds();
     let rss = proc::RssSampler::start(target.pid);
     let url = target.room_url(&room);
     let (n, took) =
         write_pipelined(&url, &frames, 256, Some(Duration::from_secs_f64(secs))).await?;
-    out.cpu_secs = target.pid.and_then(proc::cpu_seconds).unwrap_or(0.0) - cpu_before;
+    out.cpu_secs = target.cpu_seconds() - cpu_before;
     out.peak_rss_mb = rss.finish().await as f64 / 1_048_576.0;
     out.sent = n as u64;
     out.delivered = n as u64;
@@ -284,7 +284,7 @@ pub(crate) async fn sqlite_ceiling(
 pub(crate) async fn list_vs_load(target: &Target, n: usize) -> anyhow::Result<Outcome> {
     let mut out = outcome(target, "list");
     let base =
-        target.url.replace("ws://", "http://").split("/ws/").next().unwrap_or_default().to_string();
+        target.room_url("").replace("ws://", "http://").split("/ws/").next().unwrap_or_default().to_string();
     let update = {
         use yrs::{Text, Transact};
         let doc = yrs::Doc::new();
