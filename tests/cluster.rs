@@ -215,3 +215,77 @@ async fn through_a_database_outage_writes_wait_for_their_commit_then_peers_are_s
     };
     assert!(text.starts_with("before during "), "echoed updates kept: {text:?}");
 }
+
+#[tokio::test]
+async fn a_revocation_on_one_node_closes_the_token_on_the_others() {
+    let Some(db) = pg::fresh("cluster revocation").await else { return };
+    let secret = "cluster-secret";
+    let start = || {
+        let url = db.url.clone();
+        TestServer::start_with(move |c| {
+            c.database_url = Some(url);
+            c.auth_secret = Some(secret.into());
+        })
+    };
+    let (a, b) = (start().await, start().await);
+    let token = common::mint(
+        secret,
+        serde_json::json!({"sub": "ada", "jti": "t-9", "docs": [{"p": "*", "a": "rw"}]}),
+    );
+    let mut on_b = YClient::join_url(&format!("{}?token={token}", b.url("doc"))).await;
+    let admin = common::mint(secret, serde_json::json!({"sub": "root", "admin": true}));
+    let revoked = common::http_auth(
+        &a.http("/api/admin/revoke"),
+        "POST",
+        Some(&admin),
+        "application/json",
+        br#"{"jti": "t-9"}"#,
+    )
+    .await;
+    assert_eq!(revoked.status, 200);
+    assert_eq!(on_b.expect_close().await, (4401, "token revoked".into()));
+}
+
+#[tokio::test]
+async fn compaction_on_several_nodes_keeps_every_update_and_never_goes_backwards() {
+    let Some(db) = pg::fresh("cluster compaction").await else { return };
+    let start = || {
+        let url = db.url.clone();
+        TestServer::start_with(move |c| {
+            c.database_url = Some(url);
+            c.max_updates_per_sec = 0.0;
+            c.compact_updates = 25;
+        })
+    };
+    let (a, b) = (start().await, start().await);
+    let mut clients =
+        [YClient::join_url(&a.url("compact")).await, YClient::join_url(&b.url("compact")).await];
+    let mut expected = Vec::new();
+    for round in 0..60 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            let mark = format!("<{i}.{round}>");
+            c.try_push(&mark).await;
+            expected.push(mark);
+        }
+        sleep(Duration::from_millis(2)).await;
+    }
+    let text = converge(&mut clients, &expected).await;
+    let mut conn = db.connect().await;
+    let (snapshot_seq, head): (i64, i64) = sqlx::query_as(
+        "select d.snapshot_seq, h.head from documents d join heads h on h.doc = d.name
+         where d.name = 'compact'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("compacted");
+    let below: i64 =
+        sqlx::query_scalar("select count(*) from updates where doc = 'compact' and seq <= $1")
+            .bind(snapshot_seq)
+            .fetch_one(&mut conn)
+            .await
+            .expect("count");
+    assert!(snapshot_seq > 0 && snapshot_seq <= head, "snapshot {snapshot_seq}, head {head}");
+    assert_eq!(below, 0, "rows the snapshot covers are gone");
+    let fresh = start().await;
+    assert_eq!(YClient::join_url(&fresh.url("compact")).await.text(), text);
+}

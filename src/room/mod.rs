@@ -390,6 +390,10 @@ impl Room {
     /// commit and one write per peer for many messages. A quiet room starts at once.
     async fn gather(&mut self, inbox: &mut mpsc::Receiver<RoomMsg>, batch: &mut Vec<RoomMsg>) {
         let Some(until) = self.last_flush.map(|at| at + self.batch_window) else { return };
+        // What another node committed is relayed at once: it already paid its window.
+        if batch.iter().all(|m| matches!(m, RoomMsg::Feed)) {
+            return;
+        }
         if self.batch_window.is_zero() || Instant::now() >= until {
             return;
         }

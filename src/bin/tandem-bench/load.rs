@@ -480,7 +480,8 @@ async fn client(
                     .map_or(0, |t| t.load(Ordering::Relaxed));
                 if sent > 0 {
                     delivered += 1;
-                    let micros = ((now.saturating_sub(sent - 1)) / 1000).min(u32::MAX as u64) as u32;
+                    let micros =
+                        ((now.saturating_sub(sent - 1)) / 1000).min(u32::MAX as u64) as u32;
                     local.push(micros);
                     if shared_reader.writer_node.get(w).is_some_and(|n| *n != node) {
                         crossed.push(micros);

@@ -270,11 +270,7 @@ fn row(r: &Outcome) -> String {
 
 fn print_table(results: &[Outcome]) {
     for r in results {
-        println!(
-            "\n### {}\n\n{HEADER}\n{RULE}\n{}",
-            r.workload,
-            row(r)
-        );
+        println!("\n### {}\n\n{HEADER}\n{RULE}\n{}", r.workload, row(r));
         if !r.note.is_empty() {
             println!("\n{}", r.note);
         }

@@ -283,8 +283,13 @@ pub(crate) async fn sqlite_ceiling(
 /// while 50 clients list documents in a loop. Tandem only (it speaks Tandem's REST API).
 pub(crate) async fn list_vs_load(target: &Target, n: usize) -> anyhow::Result<Outcome> {
     let mut out = outcome(target, "list");
-    let base =
-        target.room_url("").replace("ws://", "http://").split("/ws/").next().unwrap_or_default().to_string();
+    let base = target
+        .room_url("")
+        .replace("ws://", "http://")
+        .split("/ws/")
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let update = {
         use yrs::{Text, Transact};
         let doc = yrs::Doc::new();
