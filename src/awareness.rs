@@ -42,6 +42,8 @@ pub(crate) struct Presence {
     /// The same, for entries from this node's own peers only: what the other nodes of a
     /// cluster are told (states from other nodes are never sent back to them).
     pending_local: HashMap<ClientID, AwarenessUpdateEntry>,
+    /// Stand-ins for other nodes (see `apply_remote`).
+    remote: HashSet<PeerId>,
 }
 
 impl Presence {
@@ -61,6 +63,7 @@ impl Presence {
             origin,
             pending: HashMap::new(),
             pending_local: HashMap::new(),
+            remote: HashSet::new(),
         }
     }
 
@@ -88,8 +91,10 @@ impl Presence {
     ) -> Result<bool, Error> {
         // Only the connection that introduced an id may change it; removing ("null") an id
         // nobody holds would only leave yrs a dead entry per id (found in review).
+        // An id held for another node may be taken over: its client moved (to this node,
+        // or to a third one) and that node may not have retracted it yet.
         update.clients.retain(|id, entry| match self.owner_of.get(id) {
-            Some(owner) => *owner == peer,
+            Some(owner) => *owner == peer || self.remote.contains(owner),
             None => &*entry.json != "null",
         });
         if update.clients.is_empty() {
@@ -116,8 +121,16 @@ impl Presence {
         for id in &summary.removed {
             owned.remove(id);
         }
+        if !local {
+            self.remote.insert(peer);
+        }
         for id in summary.added.iter().chain(&summary.updated) {
-            self.owner_of.insert(*id, peer);
+            if let Some(old) = self.owner_of.insert(*id, peer)
+                && old != peer
+                && let Some(theirs) = self.owners.get_mut(&old)
+            {
+                theirs.remove(id);
+            }
             let size = entries.get(id).map_or(0, |e| e.json.len());
             self.total_bytes = self.total_bytes + size - self.sizes.insert(*id, size).unwrap_or(0);
         }
@@ -188,6 +201,7 @@ impl Presence {
     /// Forgets a connection: removes the states it announced and returns the frame that tells
     /// the others, if there was anything to remove.
     pub(crate) fn remove_peer(&mut self, peer: PeerId) -> Option<Bytes> {
+        self.remote.remove(&peer);
         let ids = self.owners.remove(&peer)?;
         self.retract(ids.into_iter().collect())
     }
@@ -307,6 +321,44 @@ mod tests {
         // Once the victim leaves, its id is free again.
         assert!(presence.remove_peer(victim).is_some());
         assert_eq!(presence.apply(attacker, state(1, 100, "{}")), Ok(true));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_moves_between_nodes_keeps_its_cursor() {
+        let mut presence = Presence::new(Duration::from_secs(30), 1 << 20);
+        let (node_a, local) = (PeerId::new(), PeerId::new());
+        // Client 1 was on node A; it reconnects here before A has retracted it.
+        assert_eq!(presence.apply_remote(node_a, state(1, 3, "{\"n\":1}")), Ok(true));
+        assert_eq!(presence.apply(local, state(1, 4, "{\"n\":1}")), Ok(true));
+        presence.take_pending();
+        // A's late retraction (its connection closing there) removes nothing of ours...
+        assert!(presence.remove_peer(node_a).is_none());
+        assert_eq!(presence.live_states(), 1);
+        // ...and no other node may take over a state held by a connection here.
+        let node_b = PeerId::new();
+        assert_eq!(presence.apply_remote(node_b, state(1, 9, "null")), Ok(false));
+        assert_eq!(presence.live_states(), 1);
+    }
+
+    #[tokio::test]
+    async fn only_this_nodes_peers_are_published_in_bounded_updates() {
+        let mut presence = Presence::new(Duration::from_secs(30), 1 << 20);
+        let (node_a, local) = (PeerId::new(), PeerId::new());
+        let _ = presence.apply_remote(node_a, state(1, 1, "{}"));
+        for id in 2..6 {
+            let _ =
+                presence.apply(local, state(id, 1, &format!("{{\"pad\":\"{}\"}}", "x".repeat(40))));
+        }
+        let _ =
+            presence.apply(local, state(9, 1, &format!("{{\"huge\":\"{}\"}}", "x".repeat(500))));
+        let published = presence.take_pending_local(140);
+        let ids: Vec<u64> =
+            published.iter().flat_map(|u| u.clients.keys().map(|id| id.get())).collect();
+        assert_eq!(published.len(), 2, "two per update at this size: {published:?}");
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec![2, 3, 4, 5], "neither the other node's state nor the huge one");
+        assert!(presence.take_pending_local(140).is_empty());
     }
 
     #[tokio::test]
