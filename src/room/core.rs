@@ -918,6 +918,7 @@ impl RoomCore {
 
 #[cfg(test)]
 mod tests {
+    use yrs::sync::awareness::AwarenessUpdate;
     use yrs::{GetString, Text};
 
     use super::*;
@@ -1020,6 +1021,120 @@ mod tests {
         assert_eq!(a.frames(), vec![echo.clone()], "the echo is the exact bytes");
         assert_eq!(b.frames(), vec![echo]);
         assert!(!core.has_pending());
+    }
+
+    fn text_of(core: &RoomCore) -> String {
+        let t = core.doc.get_or_insert_text("t");
+        t.get_string(&core.doc.transact())
+    }
+
+    #[test]
+    fn rows_from_other_nodes_are_applied_in_seq_order_around_our_own() {
+        let mut core = core(25);
+        let mut peer = join(&mut core, 1 << 20);
+        core.release();
+        peer.frames();
+        let (theirs_1, theirs_2, ours) = (edit("a"), edit("b"), edit("c"));
+        core.incoming(peer.id, Incoming::Update(ours.clone()));
+        let rows = core.take_rows().expect("our row");
+        // Another node committed seqs 1 and 2 first: ours got 3, and the room is behind.
+        core.committed(Appended { first: 3, last: 3 }, rows[0].len() as u64);
+        core.release();
+        assert_eq!(peer.frames(), vec![protocol::sync_update(&ours)], "our echo");
+        assert_eq!((core.applied(), core.known_head()), (0, 3));
+        // A read that starts past a gap applies nothing.
+        core.remote_rows(vec![(2, theirs_2.to_vec())]);
+        assert_eq!(core.applied(), 0);
+        core.remote_rows(vec![(1, theirs_1.to_vec()), (2, theirs_2.to_vec()), (3, ours.to_vec())]);
+        assert_eq!((core.applied(), core.known_head()), (3, 3));
+        core.release();
+        let relayed = peer.frames();
+        assert_eq!(
+            relayed,
+            vec![protocol::sync_update(&theirs_1), protocol::sync_update(&theirs_2)],
+            "theirs relayed once each, ours not again"
+        );
+        assert_eq!(text_of(&core).len(), 3);
+        // Seqs that went backwards mean the document was re-created elsewhere.
+        core.incoming(peer.id, Incoming::Update(edit("d")));
+        core.take_rows().expect("row");
+        core.committed(Appended { first: 1, last: 1 }, 1);
+        assert!(core.is_reset());
+    }
+
+    #[test]
+    fn a_compacted_gap_is_filled_from_the_snapshot_and_relayed_as_one_diff() {
+        let mut core = core(25);
+        let mut peer = join(&mut core, 1 << 20);
+        core.release();
+        peer.frames();
+        let before = edit("x");
+        core.remote_rows(vec![(1, before.to_vec())]);
+        core.release();
+        peer.frames();
+        // Another node wrote seqs 2..=9 and compacted them away: we get the whole document.
+        let other = Doc::new();
+        other.transact_mut().apply_update(protocol::decode_update(&before).expect("u")).expect("a");
+        let t = other.get_or_insert_text("t");
+        t.push(&mut other.transact_mut(), "yz");
+        let snapshot = other.transact().encode_state_as_update_v1(&StateVector::default());
+        let loaded = Loaded {
+            snapshot: Some(snapshot),
+            tail: vec![edit("!").to_vec()],
+            head: 10,
+            tail_bytes: 1,
+        };
+        core.remote_reload(&loaded);
+        assert_eq!(core.applied(), 10);
+        core.release();
+        let frames = peer.frames();
+        assert_eq!(frames.len(), 1, "one diff, not the whole document row by row");
+        let diff = Doc::new();
+        diff.transact_mut().apply_update(protocol::decode_update(&before).expect("u")).expect("a");
+        let mut cursor = yrs::encoding::read::Cursor::new(&frames[0][..]);
+        use yrs::encoding::read::Read as _;
+        let (_, _): (u8, u8) = (cursor.read_var().expect("tag"), cursor.read_var().expect("kind"));
+        let payload = cursor.read_buf().expect("payload");
+        diff.transact_mut().apply_update(protocol::decode_update(payload).expect("u")).expect("a");
+        assert_eq!(diff.get_or_insert_text("t").get_string(&diff.transact()), text_of(&core));
+        // A head behind ours: the document was deleted and started again elsewhere.
+        core.remote_reload(&Loaded { head: 2, ..Default::default() });
+        assert!(core.is_reset());
+    }
+
+    #[test]
+    fn presence_of_another_node_is_relayed_here_and_goes_with_that_node() {
+        let mut core = RoomCore::new(
+            Doc::new(),
+            &Loaded::default(),
+            Limits { cluster: true, ..limits(0) },
+            Arc::default(),
+        );
+        let mut peer = join(&mut core, 1 << 20);
+        core.release();
+        peer.frames();
+        let mut update = AwarenessUpdate { clients: Default::default() };
+        update.clients.insert(
+            yrs::ClientID::new(5),
+            yrs::sync::awareness::AwarenessUpdateEntry { clock: 1, json: "{\"n\":1}".into() },
+        );
+        core.remote_awareness("node-b/1", &protocol::awareness(&update));
+        core.flush_awareness();
+        core.release();
+        assert_eq!(peer.frames().len(), 1, "relayed to the peers here");
+        assert!(core.take_published().is_empty(), "never sent back to other nodes");
+        core.node_gone("node-b/1");
+        core.release();
+        assert_eq!(peer.frames().len(), 1, "its removal");
+        // Our own peer's presence is published for the others.
+        let mut own = AwarenessUpdate { clients: Default::default() };
+        own.clients.insert(
+            yrs::ClientID::new(6),
+            yrs::sync::awareness::AwarenessUpdateEntry { clock: 1, json: "{}".into() },
+        );
+        core.incoming(peer.id, Incoming::Awareness { update: own });
+        core.flush_awareness();
+        assert_eq!(core.take_published().len(), 1);
     }
 
     #[test]
