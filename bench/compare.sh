@@ -9,6 +9,7 @@
 #   SCALE=0.2 SECS=5 bench/compare.sh     # smaller and quicker
 #   SERVERS="tandem relay" bench/compare.sh
 #   EXTRAS=0 ...                          # skip the cold-load, listing and SQLite-ceiling runs
+#   MODE=cluster bench/compare.sh         # 1, 2, 3 nodes on PostgreSQL vs one SQLite node
 #   (servers: tandem, tandem-normal (--sync normal), tandem-linger (--commit-linger-ms 1.5), baseline, node, node-leveldb,
 #    hocuspocus, hocuspocus-sqlite, ysweet, relay)
 #   BASELINE_BIN=path/to/older/tandem SERVERS="tandem baseline node" bench/compare.sh
@@ -17,6 +18,8 @@
 # Needs: Rust, Node 18+/npm; y-sweet is installed from crates.io on first use
 # (cargo install y-sweet --root bench/.tools, several minutes; SERVERS without ysweet skips it).
 set -euo pipefail
+# MODE=cluster: several nodes on PostgreSQL instead (bench/cluster.sh, issue #11).
+[ "${MODE:-}" = cluster ] && exec "$(dirname "$0")/cluster.sh"
 # Load generators send far faster than people type: lift the per-connection update and
 # state-request limits (README: Limits) so that every server is measured on the same load.
 export TANDEM_MAX_UPDATES_PER_SEC=0 TANDEM_MAX_STATE_REQUESTS_PER_MIN=0 TANDEM_MAX_STATE_BYTES_PER_MIN=0

@@ -94,7 +94,10 @@ impl Presence {
         // An id held for another node may be taken over: its client moved (to this node,
         // or to a third one) and that node may not have retracted it yet.
         update.clients.retain(|id, entry| match self.owner_of.get(id) {
-            Some(owner) => *owner == peer || self.remote.contains(owner),
+            // (Not to remove it, though: that would let anyone hide a cursor held elsewhere.)
+            Some(owner) => {
+                *owner == peer || (self.remote.contains(owner) && &*entry.json != "null")
+            }
             None => &*entry.json != "null",
         });
         if update.clients.is_empty() {

@@ -28,6 +28,8 @@ use crate::store::{FeedEvent, Publish, Store};
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// A node not heard from for this long is taken for dead.
 const NODE_SILENCE: Duration = Duration::from_secs(10);
+/// How long a node that said goodbye stays gone (its instance id never comes back).
+const GONE_FOR: Duration = Duration::from_secs(60);
 /// How often the store's reachability is checked (and an outage acted on).
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
@@ -51,17 +53,21 @@ impl Cluster {
             timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         }
         let mut nodes: HashMap<String, Instant> = HashMap::new();
+        // Nodes that said goodbye: a presence frame of theirs still in flight must not bring
+        // their peers back.
+        let mut gone: HashMap<String, Instant> = HashMap::new();
         // Peers are sent away once per outage, when it passes the limit.
         let mut sent_away = false;
         loop {
             tokio::select! {
                 event = feed.recv() => {
                     let Some(event) = event else { break };
-                    self.handle(event, &mut nodes).await;
+                    self.handle(event, &mut nodes, &mut gone).await;
                 }
                 _ = heartbeat.tick() => {
                     self.store.publish(Publish::Alive);
                     let now = Instant::now();
+                    gone.retain(|_, at| now.duration_since(*at) < GONE_FOR);
                     nodes.retain(|node, seen| {
                         let alive = now.duration_since(*seen) < NODE_SILENCE;
                         if !alive {
@@ -95,8 +101,15 @@ impl Cluster {
         }
     }
 
-    async fn handle(&self, event: FeedEvent, nodes: &mut HashMap<String, Instant>) {
+    async fn handle(
+        &self,
+        event: FeedEvent,
+        nodes: &mut HashMap<String, Instant>,
+        gone: &mut HashMap<String, Instant>,
+    ) {
         match event {
+            FeedEvent::Awareness { node, .. } | FeedEvent::NodeAlive { node }
+                if gone.contains_key(&node) => {}
             FeedEvent::Committed { doc, head } => self.rooms.committed_elsewhere(&doc, head),
             FeedEvent::Deleted { doc } => self.rooms.deleted_elsewhere(&doc),
             FeedEvent::Awareness { doc, node, frame } => {
@@ -110,6 +123,7 @@ impl Cluster {
                 tracing::info!(node, "node left");
                 nodes.remove(&node);
                 self.rooms.node_gone(&node);
+                gone.insert(node, Instant::now());
             }
             FeedEvent::Revoked => match self.store.revocations().await {
                 Ok(list) => self.auth.revocations().merge(list),

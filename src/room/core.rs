@@ -611,12 +611,15 @@ impl RoomCore {
                 self.absorb_own();
                 continue;
             }
+            if !self.apply_committed(&data) {
+                // Not skipped: a snapshot would claim it and compaction delete it. The room
+                // rebuilds from the store, which refuses the document if the row is bad.
+                break;
+            }
             self.log_updates += 1;
             self.log_bytes += data.len() as u64;
             self.applied = seq;
-            if self.apply_committed(&data) {
-                self.out.push(Out::All(protocol::sync_update(&data)));
-            }
+            self.out.push(Out::All(protocol::sync_update(&data)));
             self.absorb_own();
         }
     }
@@ -630,7 +633,9 @@ impl RoomCore {
         }
         let before = self.doc.transact().state_vector();
         for row in loaded.snapshot.iter().chain(&loaded.tail) {
-            self.apply_committed(row);
+            if !self.apply_committed(row) {
+                return;
+            }
         }
         let diff = {
             let txn = self.doc.transact();
@@ -699,21 +704,19 @@ impl RoomCore {
         }
     }
 
-    /// Applies a committed row as a load does: no checks (the node that took it checked
-    /// it), a panic poisons the document (rebuilt from the store). True if it applied.
+    /// Applies a committed row as a load does (the node that took it checked it). A row
+    /// that does not decode or apply poisons the document: the room rebuilds it from the
+    /// store, where a bad row makes the whole document refused, as at load. True if it
+    /// applied.
     fn apply_committed(&mut self, row: &[u8]) -> bool {
-        let Ok(update) = protocol::decode_stored_update(row) else {
-            tracing::warn!("a committed row from another node does not decode; skipped");
-            return false;
-        };
         self.full_state = None;
-        match catch_unwind(AssertUnwindSafe(|| self.doc.transact_mut().apply_update(update))) {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "a committed row from another node did not apply");
-                false
-            }
-            Err(_) => {
+        let applied = protocol::decode_stored_update(row).map(|update| {
+            catch_unwind(AssertUnwindSafe(|| self.doc.transact_mut().apply_update(update)))
+        });
+        match applied {
+            Ok(Ok(Ok(()))) => true,
+            _ => {
+                tracing::warn!("a committed row from another node does not apply");
                 self.poisoned = true;
                 false
             }

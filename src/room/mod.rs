@@ -113,6 +113,9 @@ pub(crate) struct RoomHandle {
     /// The highest seq another node is known to have committed (the cluster's doorbell;
     /// a number rather than a message, so a full inbox cannot lose it).
     feed_head: Arc<AtomicI64>,
+    /// The room's `applied`, mirrored: a doorbell rings while the room is behind, even for
+    /// a head it heard before (a read that failed is retried on the next poll).
+    applied: Arc<AtomicI64>,
 }
 
 impl RoomHandle {
@@ -141,7 +144,8 @@ impl RoomHandle {
 
     /// Another node committed this document up to `head`: the room catches up.
     pub(crate) fn feed(&self, head: i64) {
-        if self.feed_head.fetch_max(head, Ordering::AcqRel) < head {
+        let before = self.feed_head.fetch_max(head, Ordering::AcqRel);
+        if before < head || self.applied.load(Ordering::Acquire) < head {
             self.try_send(RoomMsg::Feed);
         }
     }
@@ -190,15 +194,18 @@ pub(crate) fn spawn(lease: Lease, deps: &RoomDeps) -> RoomHandle {
     let (tx, inbox) = mpsc::channel(INBOX);
     let peer_count = Arc::new(AtomicUsize::new(0));
     let feed_head = Arc::new(AtomicI64::new(0));
+    let applied = Arc::new(AtomicI64::new(0));
     let handle = RoomHandle {
         tx,
         generation: lease.generation,
         peer_count: peer_count.clone(),
         feed_head: feed_head.clone(),
+        applied: applied.clone(),
     };
     let span = tracing::info_span!("room", doc = %lease.doc_id);
     let deps_for_task = deps.clone();
-    deps.tracker.spawn(run(lease, inbox, peer_count, feed_head, deps_for_task).instrument(span));
+    let marks = Marks { feed_head, applied };
+    deps.tracker.spawn(run(lease, inbox, peer_count, marks, deps_for_task).instrument(span));
     handle
 }
 
@@ -206,7 +213,7 @@ async fn run(
     lease: Lease,
     mut inbox: mpsc::Receiver<RoomMsg>,
     peer_count: Arc<AtomicUsize>,
-    feed_head: Arc<AtomicI64>,
+    marks: Marks,
     deps: RoomDeps,
 ) {
     let started = Instant::now();
@@ -245,7 +252,7 @@ async fn run(
         deleted: None,
         batch_window,
         last_flush: None,
-        feed_head,
+        marks,
     };
     room.run(inbox, deps.shutdown).await;
 }
@@ -291,8 +298,13 @@ struct Room {
     /// `--batch-ms`, and when the room last had something to commit or send.
     batch_window: Duration,
     last_flush: Option<Instant>,
-    /// See `RoomHandle::feed_head`.
+    marks: Marks,
+}
+
+/// The numbers a room shares with its handles (see `RoomHandle::feed_head`, `applied`).
+struct Marks {
     feed_head: Arc<AtomicI64>,
+    applied: Arc<AtomicI64>,
 }
 
 impl Room {
@@ -481,7 +493,7 @@ impl Room {
     /// delays it: the next doorbell or poll tries again.
     async fn follow_feed(&mut self) -> Result<(), Error> {
         for _ in 0..4 {
-            let target = self.feed_head.load(Ordering::Acquire).max(self.core.known_head());
+            let target = self.marks.feed_head.load(Ordering::Acquire).max(self.core.known_head());
             if target <= self.core.applied() {
                 break;
             }
@@ -508,6 +520,7 @@ impl Room {
                 break;
             }
         }
+        self.marks.applied.store(self.core.applied(), Ordering::Release);
         if self.core.is_reset() {
             return Err(Error::DocDeleted);
         }
@@ -537,6 +550,7 @@ impl Room {
             self.core.committed(appended, bytes);
         }
         self.core.release();
+        self.marks.applied.store(self.core.applied(), Ordering::Release);
         debug_assert!(!self.core.has_pending(), "everything queued was released");
         for frame in self.core.take_published() {
             self.store.publish(crate::store::Publish::Awareness {

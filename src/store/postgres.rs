@@ -43,6 +43,8 @@ const MAX_JOBS_PER_COMMIT: usize = 512;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest pause between two attempts while the database is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// A commit slower than this is logged: every echo on this node waited for it.
+const SLOW_COMMIT: Duration = Duration::from_millis(100);
 /// `pg_notify` payloads must stay under 8,000 bytes.
 pub(crate) const MAX_NOTIFY_PAYLOAD: usize = 7_900;
 
@@ -69,6 +71,9 @@ struct Shared {
     down: Mutex<Option<(Instant, String)>>,
     /// Taken once by the cluster loop.
     feed: Mutex<Option<mpsc::Receiver<FeedEvent>>>,
+    /// The health check's own connection: a pool busy with room loads is not an outage.
+    probe: tokio::sync::Mutex<Option<PgConnection>>,
+    options: PgConnectOptions,
 }
 
 impl Shared {
@@ -144,6 +149,11 @@ impl Failure {
         }
     }
 
+    fn conflict(&self) -> bool {
+        matches!(self, Failure::Sql(sqlx::Error::Database(db))
+            if db.code().is_some_and(|c| matches!(&*c, "40001" | "40P01")))
+    }
+
     fn into_store(self) -> StoreError {
         match self {
             Failure::Sql(e) => e.into(),
@@ -166,7 +176,7 @@ impl PgStore {
             .options([("synchronous_commit", "on")])
             .disable_statement_logging();
         let pool = PgPoolOptions::new()
-            .max_connections(8)
+            .max_connections(16)
             .acquire_timeout(ATTEMPT_TIMEOUT)
             .connect_with(options.clone())
             .await
@@ -193,6 +203,8 @@ impl PgStore {
             timeout,
             down: Mutex::new(None),
             feed: Mutex::new(Some(feed)),
+            probe: tokio::sync::Mutex::new(None),
+            options: options.clone(),
         });
         let store =
             PgStore { pool: pool.clone(), writer, notify: notify.clone(), shared: shared.clone() };
@@ -212,6 +224,10 @@ impl PgStore {
     }
 
     pub(super) async fn load(&self, doc: &DocId) -> Result<Loaded> {
+        within(READ_TIMEOUT, self.load_now(doc)).await
+    }
+
+    async fn load_now(&self, doc: &DocId) -> Result<Loaded> {
         let mut tx = self.pool.begin().await?;
         // One snapshot of the database for all three reads: a compaction by another node
         // between them would otherwise show a snapshot without the rows it replaced.
@@ -254,6 +270,10 @@ impl PgStore {
     /// gapless; if it does not start right after `after`, or is empty while the head is
     /// known to be past it, compaction took those rows and the whole document is read.
     pub(super) async fn since(&self, doc: &DocId, after: i64, head: i64) -> Result<Since> {
+        within(READ_TIMEOUT, self.since_now(doc, after, head)).await
+    }
+
+    async fn since_now(&self, doc: &DocId, after: i64, head: i64) -> Result<Since> {
         let rows =
             sqlx::query("select seq, data from updates where doc = $1 and seq > $2 order by seq")
                 .bind(doc.as_str())
@@ -268,15 +288,15 @@ impl PgStore {
         if starts_right || (out.is_empty() && head <= after) {
             return Ok(Since::Rows(out));
         }
-        Ok(Since::Reload(self.load(doc).await?))
+        Ok(Since::Reload(self.load_now(doc).await?))
     }
 
     pub(super) async fn heads(&self, docs: &[DocId]) -> Result<Vec<(DocId, i64)>> {
         let names: Vec<&str> = docs.iter().map(DocId::as_str).collect();
-        let rows = sqlx::query("select doc, head from heads where doc = any($1)")
+        let query = sqlx::query("select doc, head from heads where doc = any($1)")
             .bind(&names)
-            .fetch_all(&self.pool)
-            .await?;
+            .fetch_all(&self.pool);
+        let rows = within(READ_TIMEOUT, async { query.await.map_err(StoreError::from) }).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let name: String = row.try_get(0)?;
@@ -319,9 +339,9 @@ impl PgStore {
     }
 
     pub(super) async fn revocations(&self) -> Result<Vec<Revocation>> {
-        let rows = sqlx::query("select kind, value, revoked_at from revocations")
-            .fetch_all(&self.pool)
-            .await?;
+        let query =
+            sqlx::query("select kind, value, revoked_at from revocations").fetch_all(&self.pool);
+        let rows = within(READ_TIMEOUT, async { query.await.map_err(StoreError::from) }).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let kind: String = row.try_get(0)?;
@@ -397,20 +417,29 @@ impl PgStore {
     /// ends it. Called by the cluster loop every second, so that a node learns of an outage
     /// even when nobody writes.
     pub(super) async fn health(&self) -> Result<(), String> {
-        let ping = sqlx::query("select 1").execute(&self.pool);
-        let result = match tokio::time::timeout(ATTEMPT_TIMEOUT, ping).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) if is_transient(&e) => Err(e.to_string()),
-            Ok(Err(e)) => return Err(format!("database error: {e}")),
-            Err(_) => Err("the database did not answer".to_string()),
+        let result = {
+            let mut probe = self.shared.probe.lock().await;
+            let ping = async {
+                if probe.is_none() {
+                    *probe = Some(self.shared.options.connect().await?);
+                }
+                match probe.as_mut() {
+                    Some(conn) => sqlx::query("select 1").execute(conn).await.map(|_| ()),
+                    None => Err(sqlx::Error::PoolClosed),
+                }
+            };
+            let result = match tokio::time::timeout(ATTEMPT_TIMEOUT, ping).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("the database did not answer".to_string()),
+            };
+            if result.is_err() {
+                *probe = None;
+            }
+            result
         };
         match result {
-            Ok(()) => {
-                // The writer's own view wins while it is still failing.
-                if self.shared.health.failing().is_none() {
-                    self.shared.came_back();
-                }
-            }
+            Ok(()) => self.shared.came_back(),
             Err(reason) => {
                 self.shared.went_down(&reason);
             }
@@ -422,6 +451,17 @@ impl PgStore {
             return Err(format!("commits are failing: {reason}"));
         }
         Ok(())
+    }
+}
+
+/// A read that takes longer than this (a half-open connection, a stuck server) fails as
+/// unavailable instead of holding a room or the cluster loop.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn within<T>(limit: Duration, read: impl Future<Output = Result<T>>) -> Result<T> {
+    match tokio::time::timeout(limit, read).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Unavailable("the database did not answer in time".into())),
     }
 }
 
@@ -585,7 +625,12 @@ async fn run_writer(options: PgConnectOptions, mut jobs: mpsc::Receiver<Job>, sh
                     segment.push(next);
                 }
             }
+            let (started, jobs) = (Instant::now(), segment.len());
             commit_segment(&mut conn, segment, &options, &shared).await;
+            let took = started.elapsed();
+            if took >= SLOW_COMMIT {
+                tracing::warn!(ms = took.as_millis() as u64, jobs, "slow commit");
+            }
         }
     }
     if let Some(conn) = conn {
@@ -648,6 +693,7 @@ async fn attempt_until_timeout(
     shared: &Shared,
 ) -> Result<Vec<Done>> {
     let mut backoff = Duration::from_millis(20);
+    let mut conflicts = 0;
     loop {
         let attempt = async {
             if conn.is_none() {
@@ -669,6 +715,12 @@ async fn attempt_until_timeout(
         };
         if !failure.transient() {
             return Err(failure.into_store());
+        }
+        // A deadlock or serialization failure is two writers colliding, not an outage:
+        // again at once, on the same connection.
+        if failure.conflict() && conflicts < 5 {
+            conflicts += 1;
+            continue;
         }
         // Whatever state the connection is in, it is not to be trusted again.
         *conn = None;
@@ -858,7 +910,8 @@ async fn compact_one(
     if !mine {
         return Ok(false);
     }
-    let head: Option<i64> = sqlx::query_scalar("select head from heads where doc = $1")
+    // The heads row first, as a deletion takes it: the two never lock in opposite orders.
+    let head: Option<i64> = sqlx::query_scalar("select head from heads where doc = $1 for update")
         .bind(doc.as_str())
         .fetch_optional(&mut *tx)
         .await?;
