@@ -148,6 +148,12 @@ impl Cluster {
         for chunk in docs.chunks(1000) {
             match self.store.heads(chunk).await {
                 Ok(heads) => {
+                    for doc in chunk {
+                        if !heads.iter().any(|(d, _)| d == doc) {
+                            // Nothing stored: new, or deleted elsewhere (the room tells).
+                            self.rooms.verify(doc);
+                        }
+                    }
                     for (doc, head) in heads {
                         self.rooms.committed_elsewhere(&doc, head);
                     }

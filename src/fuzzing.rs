@@ -60,7 +60,7 @@ pub fn frame_into_room(data: &[u8]) {
         let bytes = rows.iter().map(|r| r.len() as u64).sum();
         let n = rows.len() as i64;
         stored.tail.extend(rows.iter().map(|r| r.to_vec()));
-        core.committed(Appended { first: 2, last: 1 + n }, bytes);
+        core.committed(Appended { first: 2, last: 1 + n, epoch: 0 }, bytes);
     }
     core.release();
     outbox.take_messages();

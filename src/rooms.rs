@@ -222,6 +222,13 @@ impl Rooms {
         }
     }
 
+    /// The poll found nothing stored for `doc_id`: its room checks whether it was deleted.
+    pub(crate) fn verify(&self, doc_id: &DocId) {
+        if let Some(room) = self.loaded_room(doc_id) {
+            room.try_send(RoomMsg::Verify);
+        }
+    }
+
     /// Presence from another node's peers (lossy, like presence itself: renewed anyway).
     pub(crate) fn awareness_from(&self, doc_id: &DocId, node: &str, frame: Bytes) {
         if let Some(room) = self.loaded_room(doc_id) {

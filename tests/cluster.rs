@@ -294,3 +294,24 @@ async fn compaction_on_several_nodes_keeps_every_update_and_never_goes_backwards
     let fresh = start().await;
     assert_eq!(YClient::join_url(&fresh.url("compact")).await.text(), text);
 }
+
+#[tokio::test]
+async fn a_deletion_on_one_node_closes_the_document_on_the_others_and_it_starts_afresh() {
+    let Some(db) = pg::fresh("cluster deletion").await else { return };
+    let (a, b) = (node(&db).await, node(&db).await);
+    let mut on_b = YClient::join_url(&b.url("doomed")).await;
+    on_b.insert(0, "old words").await;
+    on_b.pump_until(|c| c.updates_received == 1).await;
+    let mut on_a = YClient::join_url(&a.url("doomed")).await;
+    assert_eq!(on_a.text(), "old words");
+    assert_eq!(common::http(&a.http("/api/docs/doomed"), "DELETE", None).await.status, 204);
+    assert_eq!(on_a.expect_close().await.0, 4404);
+    assert_eq!(on_b.expect_close().await, (4404, "document deleted".into()));
+    // Written again through the other node: a new document, nothing of the old one.
+    let mut again = YClient::join_url(&b.url("doomed")).await;
+    assert_eq!(again.text(), "");
+    again.insert(0, "new").await;
+    again.pump_until(|c| c.updates_received == 1).await;
+    let mut reader = YClient::join_url(&a.url("doomed")).await;
+    reader.pump_until(|c| c.text() == "new").await;
+}

@@ -24,10 +24,14 @@ create table updates (
 );
 
 -- Per document: the highest seq handed out, the times the list shows, the stored bytes.
--- 2^53 - 1 is the largest seq: exact in JavaScript and JSON.
+-- 2^53 - 1 is the largest seq: exact in JavaScript and JSON. `epoch` tells the lives of a
+-- name apart: a document deleted and written again starts at seq 1 with a new epoch, so a
+-- node still holding the old one notices instead of mixing the two.
+create sequence tandem_epoch;
 create table heads (
     doc text collate "C" primary key,
     head bigint not null check (head between 0 and 9007199254740991),
+    epoch bigint not null default nextval('tandem_epoch'),
     created_at bigint not null,
     updated_at bigint not null,
     bytes bigint not null default 0

@@ -161,9 +161,11 @@ pub(crate) struct RoomCore {
     /// Seqs committed here above `applied`: another node committed the ones between, and
     /// they are still to be read (`behind`). In order, disjoint.
     own: Vec<(i64, i64)>,
-    /// The store's seqs went backwards under us: the document was deleted and started
-    /// again elsewhere. The room must go.
+    /// The store's seqs went backwards under us, or its epoch changed: the document was
+    /// deleted (and maybe started again) elsewhere. The room must go.
     reset: bool,
+    /// Which life of the document this room holds (see `Loaded::epoch`; 0: none yet).
+    epoch: i64,
     /// Presence of other nodes' peers, one stand-in peer per node.
     remote_nodes: HashMap<String, PeerId>,
     /// Awareness frames of this node's peers, for the other nodes.
@@ -226,6 +228,7 @@ impl RoomCore {
             applied: loaded.head,
             own: Vec::new(),
             reset: false,
+            epoch: loaded.epoch,
             remote_nodes: HashMap::new(),
             published: Vec::new(),
             log_updates: loaded.tail.len() as u64,
@@ -430,6 +433,7 @@ impl RoomCore {
 
     /// The store committed the rows from `take_rows` under these seqs.
     pub(crate) fn committed(&mut self, appended: Appended, bytes: u64) {
+        self.check_epoch(appended.epoch);
         if appended.first <= self.applied {
             tracing::warn!(
                 first = appended.first,
@@ -514,6 +518,7 @@ impl RoomCore {
 
     /// Replaces the document with one rebuilt from the store (everything committed).
     pub(crate) fn rebuild(&mut self, doc: Doc, loaded: &Loaded) {
+        self.check_epoch(loaded.epoch);
         self.doc = doc;
         self.applied = loaded.head;
         self.own.retain(|(_, last)| *last > loaded.head);
@@ -594,11 +599,39 @@ impl RoomCore {
         self.reset
     }
 
+    /// The life of the document this room holds (what its appends must go to).
+    pub(crate) fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    /// What the store says the document's life is: adopted if the room had none yet (its
+    /// first commit), a reset if it differs from the one the room holds. 0 says nothing
+    /// (SQLite; a read that found no life, handled by the head).
+    fn check_epoch(&mut self, epoch: i64) {
+        if epoch == 0 || epoch == self.epoch {
+            return;
+        }
+        if self.epoch == 0 && self.applied == 0 && self.own.is_empty() {
+            self.epoch = epoch;
+        } else {
+            tracing::warn!(
+                had = self.epoch,
+                now = epoch,
+                "the document was deleted and re-created elsewhere"
+            );
+            self.reset = true;
+        }
+    }
+
     /// Rows another node committed, read back from the store, in seq order. Each one next
     /// in line is applied and relayed to every peer here (ours were relayed when they
     /// came); a gap stops it (the caller reads again). Committed already, so nothing waits
     /// for a commit of ours except what was queued before them.
-    pub(crate) fn remote_rows(&mut self, rows: Vec<(i64, Vec<u8>)>) {
+    pub(crate) fn remote_rows(&mut self, epoch: i64, rows: Vec<(i64, Vec<u8>)>) {
+        self.check_epoch(epoch);
+        if self.reset {
+            return;
+        }
         for (seq, data) in rows {
             if seq <= self.applied {
                 continue;
@@ -627,7 +660,9 @@ impl RoomCore {
     /// The whole stored document, because the rows this room missed were compacted away:
     /// merged into ours, and what it added relayed to the peers as one update.
     pub(crate) fn remote_reload(&mut self, loaded: &Loaded) {
-        if loaded.head < self.applied {
+        self.check_epoch(loaded.epoch);
+        let gone = loaded.epoch == 0 && self.epoch != 0;
+        if self.reset || gone || loaded.head < self.applied {
             self.reset = true;
             return;
         }
@@ -979,7 +1014,7 @@ mod tests {
             let bytes = rows.iter().map(|r| r.len() as u64).sum();
             let first = *head + 1;
             *head += n as i64;
-            core.committed(Appended { first, last: *head }, bytes);
+            core.committed(Appended { first, last: *head, epoch: 0 }, bytes);
         }
         core.release();
         n
@@ -1018,7 +1053,7 @@ mod tests {
         assert_eq!(rows, vec![update.clone()]);
         core.release(); // in flight: still held
         assert!(b.frames().is_empty());
-        core.committed(Appended { first: 1, last: 1 }, update.len() as u64);
+        core.committed(Appended { first: 1, last: 1, epoch: 0 }, update.len() as u64);
         core.release();
         let echo = protocol::sync_update(&update);
         assert_eq!(a.frames(), vec![echo.clone()], "the echo is the exact bytes");
@@ -1041,14 +1076,17 @@ mod tests {
         core.incoming(peer.id, Incoming::Update(ours.clone()));
         let rows = core.take_rows().expect("our row");
         // Another node committed seqs 1 and 2 first: ours got 3, and the room is behind.
-        core.committed(Appended { first: 3, last: 3 }, rows[0].len() as u64);
+        core.committed(Appended { first: 3, last: 3, epoch: 0 }, rows[0].len() as u64);
         core.release();
         assert_eq!(peer.frames(), vec![protocol::sync_update(&ours)], "our echo");
         assert_eq!((core.applied(), core.known_head()), (0, 3));
         // A read that starts past a gap applies nothing.
-        core.remote_rows(vec![(2, theirs_2.to_vec())]);
+        core.remote_rows(0, vec![(2, theirs_2.to_vec())]);
         assert_eq!(core.applied(), 0);
-        core.remote_rows(vec![(1, theirs_1.to_vec()), (2, theirs_2.to_vec()), (3, ours.to_vec())]);
+        core.remote_rows(
+            0,
+            vec![(1, theirs_1.to_vec()), (2, theirs_2.to_vec()), (3, ours.to_vec())],
+        );
         assert_eq!((core.applied(), core.known_head()), (3, 3));
         core.release();
         let relayed = peer.frames();
@@ -1061,8 +1099,23 @@ mod tests {
         // Seqs that went backwards mean the document was re-created elsewhere.
         core.incoming(peer.id, Incoming::Update(edit("d")));
         core.take_rows().expect("row");
-        core.committed(Appended { first: 1, last: 1 }, 1);
+        core.committed(Appended { first: 1, last: 1, epoch: 0 }, 1);
         assert!(core.is_reset());
+    }
+
+    #[test]
+    fn another_life_of_the_document_resets_the_room() {
+        let mut core = core(25);
+        let peer = join(&mut core, 1 << 20);
+        core.incoming(peer.id, Incoming::Update(edit("a")));
+        core.take_rows().expect("row");
+        // The first commit tells the room which life of the document it writes to...
+        core.committed(Appended { first: 1, last: 1, epoch: 7 }, 1);
+        assert_eq!((core.epoch(), core.is_reset()), (7, false));
+        // ...and rows read back from another life (deleted, written again) end the room.
+        core.remote_rows(8, vec![(2, edit("b").to_vec())]);
+        assert!(core.is_reset());
+        assert_eq!(core.applied(), 1, "nothing of the other life applied");
     }
 
     #[test]
@@ -1072,7 +1125,7 @@ mod tests {
         core.release();
         peer.frames();
         let before = edit("x");
-        core.remote_rows(vec![(1, before.to_vec())]);
+        core.remote_rows(0, vec![(1, before.to_vec())]);
         core.release();
         peer.frames();
         // Another node wrote seqs 2..=9 and compacted them away: we get the whole document.
@@ -1082,6 +1135,7 @@ mod tests {
         t.push(&mut other.transact_mut(), "yz");
         let snapshot = other.transact().encode_state_as_update_v1(&StateVector::default());
         let loaded = Loaded {
+            epoch: 0,
             snapshot: Some(snapshot),
             tail: vec![edit("!").to_vec()],
             head: 10,
@@ -1286,6 +1340,7 @@ mod tests {
         core.poisoned = true;
         let stored = edit("kept");
         let loaded = Loaded {
+            epoch: 0,
             tail: vec![stored.to_vec()],
             head,
             tail_bytes: stored.len() as u64,

@@ -88,6 +88,9 @@ pub(crate) enum RoomMsg {
     Feed,
     /// Another node deleted the document: the peers are closed with 4404, the room ends.
     DeletedElsewhere,
+    /// The cluster's poll found no stored row of this document: if the room holds one, it
+    /// was deleted elsewhere (a notification that was lost).
+    Verify,
     /// Presence from another node's peers.
     RemoteAwareness {
         node: String,
@@ -280,6 +283,7 @@ fn refuse(msg: RoomMsg, error: &Error) {
         | RoomMsg::Incoming { .. }
         | RoomMsg::Read { .. }
         | RoomMsg::Feed
+        | RoomMsg::Verify
         | RoomMsg::DeletedElsewhere
         | RoomMsg::RemoteAwareness { .. }
         | RoomMsg::NodeGone { .. }
@@ -449,6 +453,25 @@ impl Room {
                     self.recover_if_poisoned().await?;
                 }
                 RoomMsg::Feed => {}
+                RoomMsg::Verify => {
+                    // The poll found no heads row: read afresh to tell a deletion (reset)
+                    // from a room that simply has nothing stored yet.
+                    if self.core.applied() > 0 || self.core.epoch() != 0 {
+                        let doc = &self.lease.doc_id;
+                        match self.store.since(doc, self.core.applied(), 0).await {
+                            Ok(crate::store::Since::Reload(loaded)) => {
+                                self.core.remote_reload(&loaded)
+                            }
+                            Ok(crate::store::Since::Rows { epoch, rows }) => {
+                                self.core.remote_rows(epoch, rows)
+                            }
+                            Err(e) => tracing::debug!(error = %e, "could not verify the document"),
+                        }
+                        if self.core.is_reset() {
+                            return Err(Error::DocDeleted);
+                        }
+                    }
+                }
                 RoomMsg::DeletedElsewhere => {
                     tracing::info!("document deleted on another node");
                     return Err(Error::DocDeleted);
@@ -499,11 +522,12 @@ impl Room {
             }
             let after = self.core.applied();
             match self.store.since(&self.lease.doc_id, after, target).await {
-                Ok(crate::store::Since::Rows(rows)) => {
-                    if rows.is_empty() {
+                Ok(crate::store::Since::Rows { epoch, rows }) => {
+                    let nothing = rows.is_empty();
+                    self.core.remote_rows(epoch, rows);
+                    if nothing && !self.core.is_reset() {
                         break;
                     }
-                    self.core.remote_rows(rows);
                 }
                 Ok(crate::store::Since::Reload(loaded)) => self.core.remote_reload(&loaded),
                 Err(e) => {
@@ -546,7 +570,13 @@ impl Room {
         }
         if let Some(rows) = self.core.take_rows() {
             let bytes: u64 = rows.iter().map(|r| r.len() as u64).sum();
-            let appended = self.store.append(&self.lease.doc_id, rows).await?;
+            let epoch = self.core.epoch();
+            let appended = match self.store.append(&self.lease.doc_id, rows, epoch).await {
+                Ok(appended) => appended,
+                // Deleted on another node under this room: its peers hear 4404.
+                Err(crate::store::StoreError::Deleted(_)) => return Err(Error::DocDeleted),
+                Err(e) => return Err(e.into()),
+            };
             self.core.committed(appended, bytes);
         }
         self.core.release();
@@ -571,7 +601,7 @@ impl Room {
         let Some((snapshot, upto_seq)) = self.core.snapshot() else { return };
         let started = Instant::now();
         let size = snapshot.len();
-        match self.store.compact(&self.lease.doc_id, snapshot, upto_seq).await {
+        match self.store.compact(&self.lease.doc_id, snapshot, upto_seq, self.core.epoch()).await {
             Ok(replaced) => {
                 tracing::info!(
                     updates = self.core.log_updates(),

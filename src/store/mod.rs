@@ -44,6 +44,9 @@ pub enum StoreError {
     /// (for example "database or disk is full").
     #[error("database error: {0}")]
     Database(String),
+    /// The document was deleted (by another node) under the writer: nothing was written.
+    #[error("document {0:?} was deleted")]
+    Deleted(String),
     /// What is stored for this document does not add up; it is refused, not served.
     #[error("stored data of {doc:?} is inconsistent: {detail}")]
     Corrupt { doc: String, detail: String },
@@ -79,6 +82,10 @@ pub(crate) struct Loaded {
     /// The seq of the last stored update (0 for a new document).
     pub(crate) head: i64,
     pub(crate) tail_bytes: u64,
+    /// Which life of the document this is (PostgreSQL: a new number each time a deleted
+    /// name is written again; 0 when nothing is stored, and always 0 on SQLite, where a
+    /// deletion runs in the document's only room).
+    pub(crate) epoch: i64,
 }
 
 /// The seqs a committed append received.
@@ -86,6 +93,8 @@ pub(crate) struct Loaded {
 pub(crate) struct Appended {
     pub(crate) first: i64,
     pub(crate) last: i64,
+    /// The document's epoch the rows went into (see `Loaded::epoch`).
+    pub(crate) epoch: i64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -186,8 +195,8 @@ pub(crate) enum FeedEvent {
 /// What a node is missing of a document it holds.
 #[derive(Debug)]
 pub(crate) enum Since {
-    /// The rows after the asked seq, in order, gapless (possibly none).
-    Rows(Vec<(i64, Vec<u8>)>),
+    /// The rows after the asked seq, in order, gapless (possibly none), of this epoch.
+    Rows { epoch: i64, rows: Vec<(i64, Vec<u8>)> },
     /// Those rows were compacted away: the whole document, to merge.
     Reload(Loaded),
 }
@@ -300,11 +309,19 @@ impl Store {
         }
     }
 
-    /// Durably appends `updates` (in order); returns their seqs once committed.
-    pub(crate) async fn append(&self, doc: &DocId, updates: Vec<Bytes>) -> Result<Appended> {
+    /// Durably appends `updates` (in order) to the document's life `epoch` (0: whatever is
+    /// stored, or a new document); returns their seqs once committed. On PostgreSQL, a
+    /// document deleted under the caller (its epoch gone) is `Deleted`, and nothing is
+    /// written.
+    pub(crate) async fn append(
+        &self,
+        doc: &DocId,
+        updates: Vec<Bytes>,
+        epoch: i64,
+    ) -> Result<Appended> {
         match &self.backend {
             Backend::Sqlite(s) => s.append(doc, updates).await,
-            Backend::Postgres(s) => s.append(doc, updates).await,
+            Backend::Postgres(s) => s.append(doc, updates, epoch).await,
         }
     }
 
@@ -316,10 +333,11 @@ impl Store {
         doc: &DocId,
         snapshot: Vec<u8>,
         upto_seq: i64,
+        epoch: i64,
     ) -> Result<bool> {
         match &self.backend {
             Backend::Sqlite(s) => s.compact(doc, snapshot, upto_seq).await,
-            Backend::Postgres(s) => s.compact(doc, snapshot, upto_seq).await,
+            Backend::Postgres(s) => s.compact(doc, snapshot, upto_seq, epoch).await,
         }
     }
 

@@ -234,10 +234,12 @@ impl PgStore {
         sqlx::query("set transaction isolation level repeatable read, read only")
             .execute(&mut *tx)
             .await?;
-        let head: Option<i64> = sqlx::query_scalar("select head from heads where doc = $1")
-            .bind(doc.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
+        let heads: Option<(i64, i64)> =
+            sqlx::query_as("select head, epoch from heads where doc = $1")
+                .bind(doc.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let head = heads.map(|(head, _)| head);
         let row = sqlx::query("select snapshot, snapshot_seq from documents where name = $1")
             .bind(doc.as_str())
             .fetch_optional(&mut *tx)
@@ -253,7 +255,11 @@ impl PgStore {
         };
         let snapshot_seq = if snapshot.is_some() { snapshot_seq } else { 0 };
         let mut seqs = Vec::with_capacity(rows.len());
-        let mut loaded = Loaded { head: head.unwrap_or(0), ..Default::default() };
+        let mut loaded = Loaded {
+            head: head.unwrap_or(0),
+            epoch: heads.map_or(0, |(_, epoch)| epoch),
+            ..Default::default()
+        };
         for row in rows {
             seqs.push(row.try_get::<i64, _>(0)?);
             let data: Vec<u8> = row.try_get(1)?;
@@ -274,19 +280,30 @@ impl PgStore {
     }
 
     async fn since_now(&self, doc: &DocId, after: i64, head: i64) -> Result<Since> {
-        let rows =
-            sqlx::query("select seq, data from updates where doc = $1 and seq > $2 order by seq")
-                .bind(doc.as_str())
-                .bind(after)
-                .fetch_all(&self.pool)
-                .await?;
+        // The epoch comes with the rows (one statement, one view): rows of another life of
+        // the name are told apart. No heads row at all: the document is gone.
+        let rows = sqlx::query(
+            "select h.epoch, u.seq, u.data from heads h
+             left join updates u on u.doc = h.doc and u.seq > $2
+             where h.doc = $1 order by u.seq",
+        )
+        .bind(doc.as_str())
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await?;
+        let Some(first) = rows.first() else { return Ok(Since::Reload(Loaded::default())) };
+        let epoch: i64 = first.try_get(0)?;
         let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            out.push((row.try_get::<i64, _>(0)?, row.try_get::<Vec<u8>, _>(1)?));
+        for row in &rows {
+            let seq: Option<i64> = row.try_get(1)?;
+            let data: Option<Vec<u8>> = row.try_get(2)?;
+            if let (Some(seq), Some(data)) = (seq, data) {
+                out.push((seq, data));
+            }
         }
         let starts_right = out.first().is_some_and(|(seq, _)| *seq == after + 1);
         if starts_right || (out.is_empty() && head <= after) {
-            return Ok(Since::Rows(out));
+            return Ok(Since::Rows { epoch, rows: out });
         }
         Ok(Since::Reload(self.load_now(doc).await?))
     }
@@ -307,9 +324,14 @@ impl PgStore {
         Ok(out)
     }
 
-    pub(super) async fn append(&self, doc: &DocId, updates: Vec<Bytes>) -> Result<Appended> {
+    pub(super) async fn append(
+        &self,
+        doc: &DocId,
+        updates: Vec<Bytes>,
+        epoch: i64,
+    ) -> Result<Appended> {
         let (reply, done) = oneshot::channel();
-        self.submit(Job::Append { doc: doc.clone(), updates, reply }, done).await
+        self.submit(Job::Append { doc: doc.clone(), updates, epoch, reply }, done).await
     }
 
     pub(super) async fn compact(
@@ -317,9 +339,11 @@ impl PgStore {
         doc: &DocId,
         snapshot: Vec<u8>,
         upto_seq: i64,
+        epoch: i64,
     ) -> Result<bool> {
         let (reply, done) = oneshot::channel();
-        self.submit(Job::Compact { doc: doc.clone(), snapshot, upto_seq, reply }, done).await
+        let job = Job::Compact { doc: doc.clone(), snapshot, upto_seq, epoch, reply };
+        self.submit(job, done).await
     }
 
     pub(super) async fn revoke(&self, revocation: &Revocation) -> Result<()> {
@@ -747,9 +771,9 @@ async fn write_segment(
     let now = now_millis();
     match first {
         Job::Append { .. } => write_appends(conn, jobs, instance, now).await,
-        Job::Compact { doc, snapshot, upto_seq, .. } => {
+        Job::Compact { doc, snapshot, upto_seq, epoch, .. } => {
             let mut tx = conn.begin().await?;
-            let replaced = compact_one(&mut tx, doc, snapshot, *upto_seq, now).await?;
+            let replaced = compact_one(&mut tx, doc, snapshot, *upto_seq, *epoch, now).await?;
             tx.commit().await?;
             Ok(vec![Done::Compacted(replaced)])
         }
@@ -812,17 +836,20 @@ async fn write_appends(
 ) -> std::result::Result<Vec<Done>, Failure> {
     // Per document in first-seen order: its name, updates and bytes in this segment.
     let mut docs: Vec<(&str, i64, i64)> = Vec::new();
+    // The epoch each document's room knows (0: any).
+    let mut epochs: Vec<i64> = Vec::new();
     let (mut row_docs, mut row_idx, mut row_data): (Vec<&str>, Vec<i64>, Vec<&[u8]>) =
         Default::default();
     let mut placement = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let Job::Append { doc, updates, .. } = job else {
+        let Job::Append { doc, updates, epoch, .. } = job else {
             return Err(Failure::Store(StoreError::Unavailable("writer mixed up jobs".into())));
         };
         let i = match docs.iter().position(|(d, _, _)| *d == doc.as_str()) {
             Some(i) => i,
             None => {
                 docs.push((doc.as_str(), 0, 0));
+                epochs.push(*epoch);
                 docs.len() - 1
             }
         };
@@ -842,14 +869,18 @@ async fn write_appends(
     let sizes: Vec<i64> = docs.iter().map(|d| d.2).collect();
     let rows = sqlx::query(
         "with input as (
-             select * from unnest($1::text[], $2::int8[], $3::int8[]) as t(doc, n, bytes)
+             select * from unnest($1::text[], $2::int8[], $3::int8[], $10::int8[])
+                 as t(doc, n, bytes, epoch)
          ),
          h as (
              insert into heads as h (doc, head, created_at, updated_at, bytes)
-             select doc, n, $4, $4, bytes from input order by doc
+             select i.doc, i.n, $4, $4, i.bytes from input i
+             where i.epoch = 0 or exists (select 1 from heads x where x.doc = i.doc)
+             order by i.doc
              on conflict (doc) do update set head = h.head + excluded.head,
                  updated_at = excluded.updated_at, bytes = h.bytes + excluded.bytes
-             returning h.doc, h.head
+             where (select i.epoch from input i where i.doc = h.doc) in (0, h.epoch)
+             returning h.doc, h.head, h.epoch
          ),
          ins as (
              insert into updates (doc, seq, data)
@@ -857,7 +888,7 @@ async fn write_appends(
              from unnest($5::text[], $6::int8[], $7::bytea[]) as r(doc, idx, data)
              join h on h.doc = r.doc join input i on i.doc = r.doc
          )
-         select h.doc, h.head from h,
+         select h.doc, h.head, h.epoch from h,
              lateral (select pg_notify($8, h.head || ' ' || h.doc || ' ' || $9)) as bell",
     )
     .bind(&names)
@@ -869,26 +900,27 @@ async fn write_appends(
     .bind(&row_data)
     .bind(CHANNEL_UPDATES)
     .bind(instance)
+    .bind(&epochs)
     .fetch_all(&mut *conn)
     .await?;
     let mut heads = vec![None; docs.len()];
     for row in rows {
-        let (doc, head): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+        let (doc, head, epoch): (String, i64, i64) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
         if let Some(i) = names.iter().position(|n| *n == doc) {
-            heads[i] = Some(head);
+            heads[i] = Some((head, epoch));
         }
     }
     let mut done = Vec::with_capacity(jobs.len());
-    for ((i, first, last), job) in placement.into_iter().zip(jobs) {
-        let Some(head) = heads[i] else {
-            return Err(Failure::Store(StoreError::Corrupt {
-                doc: job.subject().to_string(),
-                detail: "the append returned no head".into(),
-            }));
+    for (i, first, last) in placement {
+        let Some((head, epoch)) = heads[i] else {
+            // Its life ended under it (deleted on another node): nothing of it was written.
+            done.push(Done::Gone);
+            continue;
         };
         // The document's seqs in this segment end at `head`.
         let base = head - docs[i].1;
-        done.push(Done::Appended(Appended { first: base + first, last: base + last }));
+        done.push(Done::Appended(Appended { first: base + first, last: base + last, epoch }));
     }
     Ok(done)
 }
@@ -898,6 +930,7 @@ async fn compact_one(
     doc: &DocId,
     snapshot: &[u8],
     upto_seq: i64,
+    epoch: i64,
     now: i64,
 ) -> std::result::Result<bool, Failure> {
     // One node compacts a document at a time; the others skip (their turn comes later).
@@ -911,10 +944,17 @@ async fn compact_one(
         return Ok(false);
     }
     // The heads row first, as a deletion takes it: the two never lock in opposite orders.
-    let head: Option<i64> = sqlx::query_scalar("select head from heads where doc = $1 for update")
-        .bind(doc.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("select head, epoch from heads where doc = $1 for update")
+            .bind(doc.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+    // A snapshot of another life of the name (deleted and written again since) is not this
+    // document's: it is dropped, not stored over the new one.
+    if row.is_some_and(|(_, e)| epoch != 0 && e != epoch) {
+        return Ok(false);
+    }
+    let head = row.map(|(head, _)| head);
     if head.is_none_or(|head| upto_seq > head) || upto_seq < 1 {
         return Err(Failure::Store(StoreError::corrupt(
             doc,

@@ -192,7 +192,7 @@ impl SqliteStore {
 
     pub(super) async fn append(&self, doc: &DocId, updates: Vec<Bytes>) -> Result<Appended> {
         let (reply, done) = oneshot::channel();
-        self.submit(Job::Append { doc: doc.clone(), updates, reply }, done).await
+        self.submit(Job::Append { doc: doc.clone(), updates, epoch: 0, reply }, done).await
     }
 
     pub(super) async fn compact(
@@ -202,7 +202,8 @@ impl SqliteStore {
         upto_seq: i64,
     ) -> Result<bool> {
         let (reply, done) = oneshot::channel();
-        self.submit(Job::Compact { doc: doc.clone(), snapshot, upto_seq, reply }, done).await
+        let job = Job::Compact { doc: doc.clone(), snapshot, upto_seq, epoch: 0, reply };
+        self.submit(job, done).await
     }
 
     async fn submit<T>(&self, job: Job, done: oneshot::Receiver<Result<T>>) -> Result<T> {
@@ -636,7 +637,7 @@ fn plan_appends<'a>(jobs: &'a [Job], heads: &Heads) -> Option<AppendPlan<'a>> {
         plan.rows.extend(updates.iter().zip(first..).map(|(u, seq)| (doc, seq, u.as_ref())));
         entry.1 = last;
         entry.2 += updates.iter().map(|u| u.len() as i64).sum::<i64>();
-        plan.done.push(Done::Appended(Appended { first, last }));
+        plan.done.push(Done::Appended(Appended { first, last, epoch: 0 }));
     }
     Some(plan)
 }
@@ -799,7 +800,7 @@ async fn write_jobs(
                     updates.iter().zip(start..).map(|(u, seq)| (doc.as_str(), seq, u.as_ref())),
                 );
                 *first += updates.len() as i64;
-                done.push(Done::Appended(Appended { first: start, last: *first - 1 }));
+                done.push(Done::Appended(Appended { first: start, last: *first - 1, epoch: 0 }));
             }
             Job::Compact { .. } => done.push(Done::Compacted(false)),
             Job::Delete { .. } => done.push(Done::Deleted(false)),
@@ -1100,11 +1101,11 @@ mod tests {
         let d = doc("d");
         assert_eq!(
             store.append(&d, vec![bytes("a"), bytes("b")]).await.expect("append"),
-            Appended { first: 1, last: 2 }
+            Appended { first: 1, last: 2, epoch: 0 }
         );
         assert_eq!(
             store.append(&d, vec![bytes("c")]).await.expect("append"),
-            Appended { first: 3, last: 3 }
+            Appended { first: 3, last: 3, epoch: 0 }
         );
         assert!(store.compact(&d, b"snap".to_vec(), 2).await.expect("compact"));
         store.append(&d, vec![bytes("d")]).await.expect("append");
@@ -1168,7 +1169,7 @@ mod tests {
         let writer = tokio::spawn(writer);
         assert_eq!(
             good_append.await.expect("task").expect("good commits"),
-            Appended { first: 1, last: 1 }
+            Appended { first: 1, last: 1, epoch: 0 }
         );
         assert!(matches!(bad_append.await.expect("task"), Err(StoreError::Corrupt { .. })));
         assert_eq!(store.split_groups(), 1, "the group was split and retried");
