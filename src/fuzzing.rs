@@ -31,7 +31,7 @@ fn seeded() -> Loaded {
         yrs::Map::insert(&map, &mut txn, "k", "v");
     }
     let snapshot = doc.transact().encode_state_as_update_v1(&StateVector::default());
-    Loaded { snapshot: Some(snapshot), tail: Vec::new(), head: 1, tail_bytes: 0 }
+    Loaded { snapshot: Some(snapshot), tail: Vec::new(), head: 1, tail_bytes: 0, epoch: 0 }
 }
 
 /// One peer's frame through decode and the room core, on a document with content: the core
